@@ -1,0 +1,10 @@
+"""srpie: batch photo retouching with Deep SR-PIE (joint 2x super-resolution and enhancement)."""
+
+__version__ = "0.1.0"
+
+
+class SrpieError(Exception):
+    """A problem the user can act on: bad input, a refused file, a missing model.
+
+    Raised inside the library; the CLI turns it into a one-line message and an exit code.
+    """

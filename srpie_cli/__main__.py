@@ -1,0 +1,3 @@
+from srpie_cli.cli import app
+
+app(prog_name="srpie")

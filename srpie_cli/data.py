@@ -1,0 +1,174 @@
+"""Training data: synthetic pairs from good photos, and a studio's own (before, after) pairs.
+
+Patches are float32 H x W x 3 in [0, 1]; ``batch`` turns lists of them into NCHW tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from srpie_cli import SrpieError
+from srpie_cli.degrade import downscale, make_lr
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files below ``folder``, sorted, hidden files and folders skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SrpieError(f"{folder}: not a folder")
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """8-bit RGB as uint8 H x W x 3 (training reads plain image files only)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def to_float(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) / 255.0
+
+
+def shrink(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale (antialiased) so the long side is at most ``max_side``: large photos become
+    cleaner targets (JPEG blocks and noise average out) and cheaper to keep in memory."""
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    f = max_side / max(h, w)
+    with Image.fromarray(img) as im:
+        return np.asarray(im.resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS))
+
+
+def random_flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random h/v flip and transpose for every array of a pair."""
+    if rng.random() < 0.5:
+        arrays = [a[:, ::-1] for a in arrays]
+    if rng.random() < 0.5:
+        arrays = [a[::-1] for a in arrays]
+    if rng.random() < 0.5:
+        arrays = [a.transpose(1, 0, 2) for a in arrays]
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+@dataclass
+class PhotoSet:
+    """Good photos kept in memory as uint8; pairs are made on the fly."""
+
+    images: list[np.ndarray]
+    names: list[str]
+
+    @classmethod
+    def from_folders(cls, folders: list[Path], max_side: int = 1600, min_side: int = 64) -> "PhotoSet":
+        images, names = [], []
+        for folder in folders:
+            for p in list_images(folder):
+                a = shrink(load_rgb(p), max_side)
+                if min(a.shape[:2]) >= min_side:
+                    images.append(a)
+                    names.append(str(p))
+        if not images:
+            raise SrpieError(f"no usable photos in {', '.join(map(str, folders))}")
+        return cls(images, names)
+
+    def sample(self, rng: np.random.Generator, patch: int, scale: int, enhance: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(lr, hr) with lr ``patch`` x ``patch``; images drawn in proportion to their area."""
+        areas = np.array([a.shape[0] * a.shape[1] for a in self.images], dtype=np.float64)
+        img = self.images[rng.choice(len(self.images), p=areas / areas.sum())]
+        size = patch * scale
+        h, w = img.shape[:2]
+        size = min(size, h - h % scale, w - w % scale)
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        hr = random_flip([to_float(img[y:y + size, x:x + size])], rng)[0]
+        return make_lr(hr, scale, rng, enhance=enhance), hr
+
+
+def match_pairs(before_dir: Path, after_dir: Path) -> list[tuple[Path, Path]]:
+    """Pairs matched by relative path and file stem (so ``a.jpg`` meets ``a.png``).
+    Unmatched files on either side are left out."""
+    before = {p.relative_to(before_dir).with_suffix("").as_posix(): p for p in list_images(before_dir)}
+    after = {p.relative_to(after_dir).with_suffix("").as_posix(): p for p in list_images(after_dir)}
+    return [(before[k], after[k]) for k in sorted(before.keys() & after.keys())]
+
+
+def find_pair_dirs(folder: Path) -> tuple[Path, Path]:
+    """A pairs folder holds two subfolders: before (input/low/before) and after
+    (expert*/high/after/target)."""
+    subs = {p.name.lower(): p for p in Path(folder).iterdir() if p.is_dir()}
+    before = next((subs[n] for n in ("before", "input", "low", "lr") if n in subs), None)
+    after = next((subs[n] for n in sorted(subs) if n in ("after", "high", "target", "hr") or n.startswith("expert")), None)
+    if before is None or after is None:
+        raise SrpieError(f"{folder}: a pairs folder needs 'before/' and 'after/' subfolders "
+                         "(or input/ + expert*/, low/ + high/)")
+    return before, after
+
+
+def load_pair(before: Path, after: Path, scale: int, max_side: int = 1600) -> tuple[np.ndarray, np.ndarray]:
+    """(before at 1/scale of after, after), float32. When the before is not already
+    1/scale of the after (the usual case: same-size pairs), it is downscaled to that size
+    with antialiased bicubic, the same operator as the synthetic pairs."""
+    a = shrink(load_rgb(after), max_side)
+    h, w = a.shape[0] - a.shape[0] % scale, a.shape[1] - a.shape[1] % scale
+    a = to_float(a[:h, :w])
+    b = to_float(load_rgb(before))
+    if b.shape[:2] != (h // scale, w // scale):
+        if b.shape[:2] != (h, w):
+            with Image.fromarray((b * 255 + 0.5).astype(np.uint8)) as im:
+                b = to_float(np.asarray(im.resize((w, h), Image.Resampling.LANCZOS)))
+        b = downscale(b, scale)
+        b = (b * 255 + 0.5).astype(np.uint8).astype(np.float32) / 255.0
+    return b, a
+
+
+@dataclass
+class PairSet:
+    """Real (before, after) pairs in memory, before already at 1/scale."""
+
+    pairs: list[tuple[np.ndarray, np.ndarray]]
+    names: list[str]
+    groups: list[int] = field(default_factory=list)  # which folder each pair came from
+
+    @classmethod
+    def from_folders(cls, folders: list[Path], scale: int, holdout: int = 0) -> tuple["PairSet", "PairSet"]:
+        """Training and held-out sets; the last ``holdout`` pairs of each folder (in sorted
+        order) are held out."""
+        train, held = ([], [], []), ([], [], [])
+        for g, folder in enumerate(folders):
+            matched = match_pairs(*find_pair_dirs(folder))
+            if not matched:
+                raise SrpieError(f"{folder}: no before/after pairs matched by name")
+            for i, (b, a) in enumerate(matched):
+                target = held if i >= len(matched) - holdout else train
+                target[0].append(load_pair(b, a, scale))
+                target[1].append(str(b))
+                target[2].append(g)
+        return cls(*train), cls(*held)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def sample(self, rng: np.random.Generator, patch: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+        # folders are drawn uniformly, then a pair: a large set does not drown a small one
+        group = rng.choice(sorted(set(self.groups)))
+        members = [i for i, g in enumerate(self.groups) if g == group]
+        lr, hr = self.pairs[members[rng.integers(len(members))]]
+        p = min(patch, lr.shape[0], lr.shape[1])
+        y, x = rng.integers(0, lr.shape[0] - p + 1), rng.integers(0, lr.shape[1] - p + 1)
+        lr_p = lr[y:y + p, x:x + p]
+        hr_p = hr[y * scale:(y + p) * scale, x * scale:(x + p) * scale]
+        return tuple(random_flip([lr_p, hr_p], rng))
+
+
+def batch(patches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lr = torch.from_numpy(np.stack([p[0] for p in patches])).permute(0, 3, 1, 2).contiguous()
+    hr = torch.from_numpy(np.stack([p[1] for p in patches])).permute(0, 3, 1, 2).contiguous()
+    return lr, hr

@@ -1,0 +1,74 @@
+"""Scoring a model: the SR benchmark protocol on HR folders, and RGB scores on pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from srpie_cli.data import PairSet, list_images, load_rgb, to_float
+from srpie_cli.metrics import psnr, ssim
+from srpie_cli.tiling import TileOptions, upscale
+
+
+@dataclass
+class Score:
+    name: str
+    psnr: float
+    ssim: float
+    bicubic_psnr: float
+    bicubic_ssim: float
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The benchmarks' LR: HR (uint8, cropped to a multiple of scale) downscaled with
+    Pillow's antialiased bicubic, kept 8-bit."""
+    h, w = hr.shape[:2]
+    with Image.fromarray(hr) as im:
+        return np.asarray(im.resize((w // scale, h // scale), Image.Resampling.BICUBIC))
+
+
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    h, w = lr.shape[:2]
+    with Image.fromarray(lr) as im:
+        return np.asarray(im.resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+
+
+def run_model(model: torch.nn.Module, lr_u8: np.ndarray, opts: TileOptions) -> np.ndarray:
+    """Model output quantised to 8 bits (what a saved photo holds), as float [0, 1]."""
+    x = torch.from_numpy(to_float(lr_u8)).permute(2, 0, 1)[None]
+    y = upscale(model, x, opts)[0].permute(1, 2, 0).numpy()
+    return np.round(y * 255.0) / 255.0
+
+
+def evaluate_sr(model, folder: Path, opts: TileOptions = TileOptions(tile=0)) -> list[Score]:
+    """x``scale`` SR protocol: Y channel (BT.601), ``scale`` pixels of border cropped."""
+    s = model.scale
+    scores = []
+    for path in list_images(folder):
+        hr = load_rgb(path)
+        hr = hr[: hr.shape[0] - hr.shape[0] % s, : hr.shape[1] - hr.shape[1] % s]
+        lr = bicubic_lr(hr, s)
+        out, bic, ref = run_model(model, lr, opts), to_float(bicubic_up(lr, s)), to_float(hr)
+        kw = dict(crop_border=s, y_channel=True)
+        scores.append(Score(path.stem, psnr(out, ref, **kw), ssim(out, ref, **kw), psnr(bic, ref, **kw), ssim(bic, ref, **kw)))
+    return scores
+
+
+def evaluate_pairs(model, pairs: PairSet, opts: TileOptions = TileOptions(tile=0)) -> list[Score]:
+    """RGB PSNR/SSIM of the model on (before at 1/scale, after) pairs, beside bicubic."""
+    s = model.scale
+    scores = []
+    for name, (lr, hr) in zip(pairs.names, pairs.pairs):
+        lr_u8 = (lr * 255 + 0.5).astype(np.uint8)
+        out, bic = run_model(model, lr_u8, opts), to_float(bicubic_up(lr_u8, s))
+        scores.append(Score(Path(name).stem, psnr(out, hr), ssim(out, hr), psnr(bic, hr), ssim(bic, hr)))
+    return scores
+
+
+def mean_score(scores: list[Score]) -> dict[str, float]:
+    keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+    return {k: float(np.mean([getattr(s, k) for s in scores])) for k in keys}

@@ -1,0 +1,57 @@
+"""PSNR and SSIM with the field's super-resolution protocol.
+
+Images are float arrays in [0, 1], H x W x 3 (RGB) or H x W; ``crop_border`` pixels are
+removed on every side before scoring; ``y_channel`` scores the BT.601 luma as the SR
+literature does (Y in [16, 235] / 255 from RGB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma of RGB in [0, 1], in [16/255, 235/255] (MATLAB's rgb2ycbcr)."""
+    return (16.0 + img[..., 0] * 65.481 + img[..., 1] * 128.553 + img[..., 2] * 24.966) / 255.0
+
+
+def _prepare(img: np.ndarray, crop_border: int, y_channel: bool) -> np.ndarray:
+    img = np.asarray(img, dtype=np.float64)
+    if y_channel and img.ndim == 3:
+        img = rgb_to_y(img)
+    if crop_border:
+        img = img[crop_border:-crop_border, crop_border:-crop_border]
+    return img
+
+
+def psnr(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, y_channel: bool = False) -> float:
+    """PSNR in dB of ``img`` against ``ref`` (both [0, 1], H x W [x 3]); inf when equal."""
+    a, b = _prepare(img, crop_border, y_channel), _prepare(ref, crop_border, y_channel)
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, y_channel: bool = False) -> float:
+    """SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid region), mean over
+    channels; inputs in [0, 1]."""
+    a, b = _prepare(img, crop_border, y_channel), _prepare(ref, crop_border, y_channel)
+    if a.ndim == 2:
+        a, b = a[..., None], b[..., None]
+    x = torch.from_numpy(a * 255.0).permute(2, 0, 1)[:, None]
+    y = torch.from_numpy(b * 255.0).permute(2, 0, 1)[:, None]
+    w = _gaussian_window()[None, None]
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx**2
+    syy = F.conv2d(y * y, w) - my**2
+    sxy = F.conv2d(x * y, w) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return float(s.mean())

@@ -1,0 +1,390 @@
+"""Deep SR-PIE: joint super-resolution and perceptual image enhancement.
+
+A reimplementation from the text of Xu et al., "Joint Learning of Super-Resolution and
+Perceptual Image Enhancement for Single Image", IEEE Access 2021 (no code was published).
+One module per block of the paper:
+
+    I --decompose--> (I, I_d)
+    MBFNet(I, I_i+d)  -> I^MBF   3-channel image at low resolution   (Eq. 1, 7-12)
+    PENet(H(I))       -> A       12-channel local transform          (Eq. 2, Sec. III-C)
+    transform(A, I^MBF) -> I^PE                                      (Sec. III-C)
+    DUNet(I^PE)       -> I^SRE   at scale x                          (Eq. 3, 13)
+
+Readings of the ambiguous parts (see also the project README):
+
+* ``I_{i+d}`` is the channel concatenation of ``I`` and ``I_d`` (the pipeline text says
+  "concatenation"; Eq. 6 prints a sum, which a convolution over the concatenation can learn).
+* The 12-channel transform: channels 0-8 are a per-pixel 3x3 colour matrix ``M`` acting on
+  the curve term ``g = x (1 - x)``, channels 9-11 a per-channel gain ``a`` on ``x``:
+  ``out_i = sum_j M_ij g_j + a_i x_i``. Initialised to identity (M = 0, a = 1).
+* Image skip (``GlobalSkip``, not in the paper, on by default): MBFNet predicts a residual on
+  ``I`` and DUNet a residual on the bicubic upsampling of its input, with both last layers
+  initialised to zero. An untrained network therefore returns exactly the bicubic upscale
+  of its input instead of noise, and the enhancement (PENet) acts on the image directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SRPIEConfig:
+    """Everything needed to build a network; stored inside every weights file."""
+
+    scale: int = 2
+    width: int = 64  # feature width of MBFNet (the paper's 64)
+    t: int = 3  # t + 1 multi-scale splitting blocks, t backward propagation blocks
+    pe_widths: tuple[int, int, int] = (16, 24, 32)  # PENet stages at /1, /2, /4 (and /8 at the last)
+    du_width: int = 36  # channels of each DUNet path after its first convolution
+    dunet: bool = True  # False: the ablation head (a plain conv + PixelShuffle, Table 1 row 11)
+    global_skip: bool = True  # residual on I and on bicubic(I^PE); see the module docstring
+    gf_radius: int = 2  # guided filter box radius for the base layer
+    gf_eps: float = 1e-2  # guided filter regulariser
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pe_widths"] = list(self.pe_widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SRPIEConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "pe_widths" in d:
+            d["pe_widths"] = tuple(d["pe_widths"])
+        return cls(**d)
+
+
+PRESETS: dict[str, dict] = {
+    # the paper: t = 3 (four MSBs), width 64
+    "paper": dict(width=64, t=3),
+    # for CPU studios: half width, three MSBs, lighter PENet and DUNet
+    "fast": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24),
+}
+
+
+def config_for(preset: str, **overrides) -> SRPIEConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return SRPIEConfig(**{**PRESETS[preset], **overrides})
+
+
+def conv(cin: int, cout: int, k: int, dilation: int = 1, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """'Same' convolution (zero padding, as the paper's layers; image borders are padded by
+    reflection before the network sees them)."""
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, groups=groups)
+
+
+# ----------------------------------------------------------------------------- decomposition
+
+def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window, borders reflected."""
+    return F.avg_pool2d(F.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+
+
+def guided_filter(x: torch.Tensor, r: int, eps: float) -> torch.Tensor:
+    """Self-guided filter (He et al. 2013), per channel: an edge-preserving low-pass."""
+    mean_x = box_filter(x, r)
+    var_x = box_filter(x * x, r) - mean_x * mean_x
+    a = var_x / (var_x + eps)
+    b = mean_x - a * mean_x
+    return box_filter(a, r) * x + box_filter(b, r)
+
+
+def decompose(x: torch.Tensor, r: int, eps: float) -> torch.Tensor:
+    """Input decomposition (Sec. III-A): returns I_{i+d} = concat(I, I / I_b)."""
+    base = guided_filter(x, r, eps)
+    detail = x / (base.clamp_min(0) + 1e-2)  # epsilon: black pixels would divide by zero
+    return torch.cat([x, detail.clamp(0, 4)], dim=1)
+
+
+# ----------------------------------------------------------------------------- MBFNet
+
+class FCA(nn.Module):
+    """Frequency-aware channel attention (Eq. 11): C_r = sigmoid(f_d1(x) - f_d2(x));
+    output C_r * x + C_r."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.f_d1 = conv(width, width, 1)
+        self.f_d2 = conv(width, width, 3, dilation=2)
+
+    def forward(self, x):
+        c_r = torch.sigmoid(self.f_d1(x) - self.f_d2(x))
+        return c_r * x + c_r
+
+
+class MSB(nn.Module):
+    """Multi-scale splitting block (Fig. 2).
+
+    Dilated 3x3 + RReLU, then step 1: 1x1 (w/4, kept), 3x3 (3w/4) and 5x5 (w/2); step 2 keeps
+    w/4 of each of the 3x3 and 5x5 results and convolves the rest once more (3x3, to w/4); the five kept parts are fused by a 1x1 conv back to w, then FCA, then + input.
+    With w = 64 the widths are Fig. 2's 64, 48, 32 and 16.
+
+    Args:
+        width: block width.
+        act: activation class (the paper's RReLU).
+    """
+
+    def __init__(self, width: int, act: type[nn.Module] = nn.RReLU):
+        super().__init__()
+        q = width // 4
+        self.q = q
+        self.dilated = conv(width, width, 3, dilation=2)
+        self.act = act()
+        self.c1 = conv(width, q, 1)
+        self.c3 = conv(width, 3 * q, 3)
+        self.c5 = conv(width, 2 * q, 5)
+        self.c3b = conv(2 * q, q, 3)
+        self.c5b = conv(q, q, 3)
+        self.fuse = conv(5 * q, width, 1)
+        self.fca = FCA(width)
+
+    def forward(self, x):
+        q = self.q
+        d = self.act(self.dilated(x))
+        a3, r3 = self.c3(d).split([q, 2 * q], dim=1)
+        a5, r5 = self.c5(d).split([q, q], dim=1)
+        kept = torch.cat([self.c1(d), a3, self.c3b(r3), a5, self.c5b(r5)], dim=1)
+        return self.fca(self.fuse(kept)) + x
+
+
+class BPB(nn.Module):
+    """Backward propagation block (Eq. 12): Conv1_R(m) for the first, else
+    concat(Conv1(m), Conv1(previous BPB output)); output width w."""
+
+    def __init__(self, width: int, first: bool, act: type[nn.Module] = nn.RReLU):
+        super().__init__()
+        self.first = first
+        if first:
+            self.from_msb = nn.Sequential(conv(width, width, 1), act())
+        else:
+            self.from_msb = conv(width, width // 2, 1)
+            self.from_prev = conv(width, width - width // 2, 1)
+
+    def forward(self, msb_out, prev=None):
+        if self.first:
+            return self.from_msb(msb_out)
+        return torch.cat([self.from_msb(msb_out), self.from_prev(prev)], dim=1)
+
+
+class MBFNet(nn.Module):
+    """Multi-scale backward fusion network (Eq. 7-10).
+
+    t + 1 MSBs on H(I); t BPBs walking their outputs backwards; HFA concatenates all MSB
+    outputs, the last BPB output and H(I_{i+d}); Conv1_R, Conv3, + H(I) (long skip), Conv3
+    to 3 channels.
+
+    Args:
+        width: feature width.
+        t: index of the last MSB (t + 1 blocks).
+        image_skip: add the prediction to I (last conv zero-initialised).
+    """
+
+    def __init__(self, width: int, t: int, image_skip: bool, act: type[nn.Module] = nn.RReLU):
+        super().__init__()
+        self.image_skip = image_skip
+        self.h_id = conv(6, width, 3)
+        self.msbs = nn.ModuleList(MSB(width, act) for _ in range(t + 1))
+        self.bpbs = nn.ModuleList(BPB(width, first=(k == 0), act=act) for k in range(t))
+        self.hfa = nn.Sequential(conv((t + 3) * width, width, 1), act(), conv(width, width, 3))
+        self.out = conv(width, 3, 3)
+        if image_skip:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, x_id, h_x):
+        msb_outs = []
+        feat = h_x
+        for msb in self.msbs:
+            feat = msb(feat)
+            msb_outs.append(feat)
+        bpb = None
+        for k, block in enumerate(self.bpbs):
+            bpb = block(msb_outs[-1 - k], bpb)
+        hfa = torch.cat([*msb_outs, bpb, self.h_id(x_id)], dim=1)
+        y = self.out(self.hfa(hfa) + h_x)
+        return x + y if self.image_skip else y
+
+
+# ----------------------------------------------------------------------------- PENet
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 inverted residual: 1x1 expand, 3x3 depthwise (stride s), 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 2, act: type[nn.Module] = nn.ReLU6):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            conv(cin, hidden, 1), act(),
+            conv(hidden, hidden, 3, stride=stride, groups=hidden), act(),
+            conv(hidden, cout, 1),
+        )
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.use_res else y
+
+
+class PENet(nn.Module):
+    """Perceptual enhancement network (Fig. 3): an encoder-decoder on H(I) that predicts the
+    12-channel per-pixel transform A at input size.
+
+    Stages 1-3 encode at /1, /2, /4; stages 4-5 work at /8 with w3 channels; stages 6-8
+    upsample by transposed convolutions with copy-and-concat skips; stage 9 is a 1x1 conv to
+    12 channels, initialised so that A is the identity transform. Sizes that are not a
+    multiple of 8 are padded by reflection and cropped back.
+    """
+
+    def __init__(self, width: int, widths: tuple[int, int, int]):
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stage1 = nn.Sequential(conv(width, w1, 1), InvertedResidual(w1, w1))
+        self.stage2 = InvertedResidual(w1, w2, stride=2)
+        self.stage3 = InvertedResidual(w2, w3, stride=2)
+        self.stage45 = nn.Sequential(InvertedResidual(w3, w3, stride=2), InvertedResidual(w3, w3))
+        self.up6 = nn.ConvTranspose2d(w3, w3, 2, stride=2)
+        self.stage6 = InvertedResidual(2 * w3, w2)
+        self.up7 = nn.ConvTranspose2d(w2, w2, 2, stride=2)
+        self.stage7 = InvertedResidual(2 * w2, w1)
+        self.up8 = nn.ConvTranspose2d(w1, w1, 2, stride=2)
+        self.stage8 = InvertedResidual(2 * w1, w1)
+        self.stage9 = conv(w1, 12, 1)
+        nn.init.zeros_(self.stage9.weight)
+        with torch.no_grad():  # identity transform: M = 0, a = 1
+            self.stage9.bias.copy_(torch.tensor([0.0] * 9 + [1.0] * 3))
+
+    def forward(self, h_x):
+        h, w = h_x.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8
+        if ph or pw:
+            h_x = F.pad(h_x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        s1 = self.stage1(h_x)
+        s2 = self.stage2(s1)
+        s3 = self.stage3(s2)
+        y = self.stage45(s3)
+        y = self.stage6(torch.cat([self.up6(y), s3], dim=1))
+        y = self.stage7(torch.cat([self.up7(y), s2], dim=1))
+        y = self.stage8(torch.cat([self.up8(y), s1], dim=1))
+        return self.stage9(y)[..., :h, :w]
+
+
+def local_transform(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out_i = sum_j M_ij x_j (1 - x_j) + a_i x_i with M = A[0:9] (row-major), a = A[9:12]."""
+    g = x * (1 - x)
+    n, _, h, w = x.shape
+    m = a[:, :9].reshape(n, 3, 3, h, w)
+    return (m * g.unsqueeze(1)).sum(dim=2) + a[:, 9:12] * x
+
+
+# ----------------------------------------------------------------------------- DUNet
+
+class DUNet(nn.Module):
+    """Dual-path upsampling network (Eq. 13).
+
+    Top path 5x5, bottom path 3x3, each to ``3p`` channels split in three parts of ``p``:
+    part 1 stays, part 2 crosses to the other path, part 3 skips ahead. The second convs
+    give ``(s^2 - 1) p`` channels so that, concatenated with the skip part, PixelShuffle(s)
+    leaves ``p`` channels a path; a 1x1 conv fuses both paths to 3 channels.
+
+    Args:
+        scale: upsampling factor (any integer >= 1).
+        width: 3p, channels of each path after its first conv.
+        zero_init: start at a zero output (used with the bicubic skip).
+    """
+
+    def __init__(self, scale: int, width: int, zero_init: bool):
+        super().__init__()
+        p = width // 3
+        self.p = p
+        self.top1 = conv(3, 3 * p, 5)
+        self.bot1 = conv(3, 3 * p, 3)
+        self.top2 = conv(2 * p, (scale * scale - 1) * p, 5)
+        self.bot2 = conv(2 * p, (scale * scale - 1) * p, 3)
+        self.shuffle = nn.PixelShuffle(scale)
+        self.fuse = conv(2 * p, 3, 1)
+        if zero_init:
+            nn.init.zeros_(self.fuse.weight)
+            nn.init.zeros_(self.fuse.bias)
+
+    def forward(self, x):
+        t1, t2, t3 = self.top1(x).chunk(3, dim=1)
+        b1, b2, b3 = self.bot1(x).chunk(3, dim=1)
+        t = self.shuffle(torch.cat([self.top2(torch.cat([t1, b2], dim=1)), t3], dim=1))
+        b = self.shuffle(torch.cat([self.bot2(torch.cat([b1, t2], dim=1)), b3], dim=1))
+        return self.fuse(torch.cat([t, b], dim=1))
+
+
+class PixelShuffleHead(nn.Module):
+    """The ablation baseline for DUNet (Table 1, row 11): 3x3 conv to 3 s^2, PixelShuffle."""
+
+    def __init__(self, scale: int, zero_init: bool):
+        super().__init__()
+        self.conv = conv(3, 3 * scale * scale, 3)
+        self.shuffle = nn.PixelShuffle(scale)
+        if zero_init:
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x))
+
+
+# ----------------------------------------------------------------------------- the network
+
+class DeepSRPIE(nn.Module):
+    """Deep SR-PIE. Input: N x 3 x H x W RGB in [0, 1]; output N x 3 x sH x sW (unclamped)."""
+
+    def __init__(self, cfg: SRPIEConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or SRPIEConfig()
+        if cfg.scale < 1:
+            raise ValueError("scale must be >= 1")
+        self.h = conv(3, cfg.width, 3)  # the shallow feature H(I), shared by MBFNet and PENet
+        self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip)
+        self.penet = PENet(cfg.width, cfg.pe_widths)
+        self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip) if cfg.dunet
+                   else PixelShuffleHead(cfg.scale, zero_init=cfg.global_skip))
+
+    @property
+    def scale(self) -> int:
+        return self.cfg.scale
+
+    def forward(self, x):
+        x_id = decompose(x, self.cfg.gf_radius, self.cfg.gf_eps)
+        h_x = self.h(x)
+        mbf = self.mbfnet(x, x_id, h_x)
+        pe = local_transform(self.penet(h_x), mbf)
+        y = self.up(pe)
+        if self.cfg.global_skip:
+            y = y + upsample_bicubic(pe, self.cfg.scale)
+        return y
+
+
+def upsample_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic upsampling with replicated borders (align_corners=False, as Pillow/MATLAB)."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_input_pixel(model: nn.Module, size: int = 64) -> float:
+    """FLOPs (2 per multiply-add) per input pixel, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / (size * size)

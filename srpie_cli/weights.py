@@ -1,0 +1,127 @@
+"""Weights as data: the shipped models, and safe loading of any weights file.
+
+A weights file is a plain ``torch.save`` dict ``{"format", "config", "state_dict", "meta"}``
+of tensors, strings and numbers. It is loaded with ``torch.load(weights_only=True)``, which
+refuses pickled Python objects: a weights file can never run code. The config inside the
+file builds the network, so no side file is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from srpie_cli import SrpieError
+from srpie_cli.model import DeepSRPIE, SRPIEConfig
+
+FORMAT = "srpie-weights-1"
+WEIGHTS_DIR = Path(__file__).parent / "_weights"  # the installed copy of the repo's weights/
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    name: str
+    file: str
+    summary: str
+
+
+SHIPPED: dict[str, ShippedModel] = {
+    m.name: m
+    for m in [
+        ShippedModel("srpie-x2", "srpie-x2.pt", "joint 2x super-resolution and enhancement (default)"),
+        ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "pure 2x super-resolution (bicubic degradation)"),
+        ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "the fast preset trained like srpie-x2, for CPU"),
+    ]
+}
+DEFAULT_MODEL = "srpie-x2"
+
+
+def weights_dir() -> Path:
+    """Shipped weights: inside the installed package, or the repo's weights/ when run from a
+    source checkout."""
+    if WEIGHTS_DIR.is_dir():
+        return WEIGHTS_DIR
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path | None:
+    """Path of a shipped model name or a file; None for a known name whose file is absent."""
+    key = str(name_or_path)
+    if key in SHIPPED:
+        path = weights_dir() / SHIPPED[key].file
+        return path if path.is_file() else None
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise SrpieError(f"{key}: no such model name or weights file (shipped: {', '.join(SHIPPED)})")
+    return path
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """Load a weights file safely; SrpieError with the reason when it is not one."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SrpieError(f"{path}: refused: the file holds pickled Python objects, not plain weights ({str(e).splitlines()[0][:120]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise SrpieError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "config" not in blob or "state_dict" not in blob:
+        raise SrpieError(f"{path}: not an srpie weights file (expected format {FORMAT!r})")
+    return blob
+
+
+def build(blob: dict, source: str = "weights") -> DeepSRPIE:
+    try:
+        model = DeepSRPIE(SRPIEConfig.from_dict(blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise SrpieError(f"{source}: weights do not fit their config ({str(e).splitlines()[0][:160]})") from None
+    return model.eval()
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> tuple[DeepSRPIE, dict]:
+    """Return (model in eval mode on CPU, meta). An absent shipped file gives an untrained
+    model with ``meta["untrained"] = True``; callers must say so loudly."""
+    path = resolve(name_or_path)
+    if path is None:
+        return DeepSRPIE(SRPIEConfig()).eval(), {"name": str(name_or_path), "untrained": True}
+    blob = read_weights(path)
+    meta = dict(blob.get("meta") or {})
+    meta.setdefault("name", path.stem)
+    meta["untrained"] = bool(meta.get("untrained", False))
+    return build(blob, str(path)), meta
+
+
+def save_weights(path: str | os.PathLike, model: DeepSRPIE, meta: dict | None = None, extra: dict | None = None) -> None:
+    """Write a weights file atomically (temporary file in the same folder, then rename).
+    ``extra`` holds training state (optimizer, step) for checkpoints."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": FORMAT, "config": model.cfg.to_dict(), "meta": meta or {},
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
+    if extra:
+        blob.update(extra)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(blob, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Shipped srpie weights (installed as srpie_cli._weights)."""
