@@ -109,3 +109,73 @@ def train(
     except SrpieError as e:
         raise fail(str(e), EXIT_FAILED) from None
     out.print(json.dumps(summary["scores"], indent=1))
+
+
+@app.command("eval")
+def evaluate(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="HR images (SR protocol) or a pairs folder with --pairs.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")] = "srpie-x2-sr",
+    pairs: Annotated[bool, typer.Option("--pairs", help="FOLDER holds before/ and after/: score RGB against the after.")] = False,
+    holdout: Annotated[int, typer.Option(min=0, help="With --pairs: score only the last N pairs (the held-out ones); 0: all.")] = 0,
+    tta: Annotated[bool, typer.Option(help="Self-ensemble over four flips.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Score a model beside bicubic: PSNR/SSIM on Y (2x SR protocol) or RGB on pairs."""
+    from srpie_cli.data import PairSet
+    from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
+    from srpie_cli.tiling import TileOptions
+    from srpie_cli.weights import load_model
+
+    try:
+        net, meta = load_model(model)
+        if meta["untrained"]:
+            err.print(f"[bold yellow]warning:[/] {model}: no trained weights shipped; scoring an UNTRAINED network")
+        opts = TileOptions(tile=0, tta=tta)
+        if pairs:
+            train_set, held = PairSet.from_folders([folder], net.scale, holdout)
+            scores = evaluate_pairs(net, held if holdout else train_set, opts)
+        else:
+            scores = evaluate_sr(net, folder, opts)
+    except SrpieError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    if not scores:
+        raise fail(f"{folder}: no images to score", EXIT_FAILED)
+    mean = mean_score(scores)
+    metric = "RGB" if pairs else f"Y, {net.scale}px border"
+    if as_json:
+        out.print_json(json.dumps({"model": model, "folder": str(folder), "metric": metric, "mean": mean,
+                                   "images": [vars(s) for s in scores]}))
+        return
+    table = Table(title=f"{model} on {folder.name} ({metric})")
+    for col in ("image", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM"):
+        table.add_column(col, justify="left" if col == "image" else "right")
+    for s in scores:
+        table.add_row(s.name, f"{s.psnr:.2f}", f"{s.ssim:.4f}", f"{s.bicubic_psnr:.2f}", f"{s.bicubic_ssim:.4f}")
+    table.add_row("[bold]mean", f"[bold]{mean['psnr']:.2f}", f"[bold]{mean['ssim']:.4f}",
+                  f"{mean['bicubic_psnr']:.2f}", f"{mean['bicubic_ssim']:.4f}")
+    out.print(table)
+
+
+@app.command()
+def models():
+    """List the shipped models with their size, training and scores."""
+    from srpie_cli.model import count_parameters
+    from srpie_cli.weights import SHIPPED, load_model
+
+    table = Table(title="srpie models")
+    for col in ("name", "parameters", "what", "trained", "scores"):
+        table.add_column(col)
+    for name, entry in SHIPPED.items():
+        try:
+            net, meta = load_model(name)
+        except SrpieError as e:
+            table.add_row(name, "-", entry.summary, f"[red]{e}", "")
+            continue
+        if meta["untrained"]:
+            table.add_row(name, f"{count_parameters(net):,}", entry.summary, "[yellow]not shipped yet", "")
+            continue
+        trained = f"{meta.get('steps', '?')} steps, {meta.get('train_seconds', 0) / 3600:.1f} h"
+        scores = "; ".join(f"{k}: {v['psnr']:.2f} dB (bicubic {v['bicubic_psnr']:.2f})"
+                           for k, v in (meta.get("scores") or {}).items() if isinstance(v, dict) and "psnr" in v)
+        table.add_row(name, f"{count_parameters(net):,}", entry.summary, trained, scores)
+    out.print(table)

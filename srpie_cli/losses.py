@@ -166,6 +166,6 @@ class HybridLoss(nn.Module):
         for name, (weight, fn) in terms.items():
             if weight:
                 v = fn()
-                parts[name] = float(v)
+                parts[name] = float(v.detach())
                 total = total + weight * v
         return total, parts

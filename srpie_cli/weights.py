@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from srpie_cli import SrpieError
-from srpie_cli.model import DeepSRPIE, SRPIEConfig
+from srpie_cli.model import DeepSRPIE, SRPIEConfig, config_for
 
 FORMAT = "srpie-weights-1"
 WEIGHTS_DIR = Path(__file__).parent / "_weights"  # the installed copy of the repo's weights/
@@ -29,6 +29,7 @@ class ShippedModel:
     name: str
     file: str
     summary: str
+    preset: str = "paper"  # the architecture of the untrained stand-in while no file ships
 
 
 SHIPPED: dict[str, ShippedModel] = {
@@ -36,7 +37,7 @@ SHIPPED: dict[str, ShippedModel] = {
     for m in [
         ShippedModel("srpie-x2", "srpie-x2.pt", "joint 2x super-resolution and enhancement (default)"),
         ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "pure 2x super-resolution (bicubic degradation)"),
-        ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "the fast preset trained like srpie-x2, for CPU"),
+        ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "the fast preset trained like srpie-x2, for CPU", "fast"),
     ]
 }
 DEFAULT_MODEL = "srpie-x2"
@@ -75,13 +76,18 @@ def read_weights(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise SrpieError(f"{path}: refused: the file holds pickled Python objects, not plain weights ({str(e).splitlines()[0][:120]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise SrpieError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:160]})") from None
+    except pickle.UnpicklingError:
+        raise SrpieError(f"{path}: refused: the file holds pickled Python objects, not plain weights") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as e:
+        raise SrpieError(f"{path}: not a readable weights file ({_first_line(e)})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "config" not in blob or "state_dict" not in blob:
         raise SrpieError(f"{path}: not an srpie weights file (expected format {FORMAT!r})")
     return blob
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0][:160] if lines else type(e).__name__)
 
 
 def build(blob: dict, source: str = "weights") -> DeepSRPIE:
@@ -89,7 +95,7 @@ def build(blob: dict, source: str = "weights") -> DeepSRPIE:
         model = DeepSRPIE(SRPIEConfig.from_dict(blob["config"]))
         model.load_state_dict(blob["state_dict"])
     except (ValueError, TypeError, RuntimeError) as e:
-        raise SrpieError(f"{source}: weights do not fit their config ({str(e).splitlines()[0][:160]})") from None
+        raise SrpieError(f"{source}: weights do not fit their config ({_first_line(e)})") from None
     return model.eval()
 
 
@@ -98,7 +104,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> tuple[DeepSRP
     model with ``meta["untrained"] = True``; callers must say so loudly."""
     path = resolve(name_or_path)
     if path is None:
-        return DeepSRPIE(SRPIEConfig()).eval(), {"name": str(name_or_path), "untrained": True}
+        return DeepSRPIE(config_for(SHIPPED[str(name_or_path)].preset)).eval(), {"name": str(name_or_path), "untrained": True}
     blob = read_weights(path)
     meta = dict(blob.get("meta") or {})
     meta.setdefault("name", path.stem)

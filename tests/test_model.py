@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, count_parameters, decompose,
+                             flops_per_input_pixel, local_transform, upsample_bicubic)
+
+PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D
+
+
+def perturbed(cfg: SRPIEConfig, std: float = 0.02, seed: int = 0) -> DeepSRPIE:
+    """A network whose zero-initialised layers are not zero any more (an 'as if trained' one)."""
+    torch.manual_seed(seed)
+    model = DeepSRPIE(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+    return model
+
+
+def test_paper_preset_parameter_count_within_15_percent_of_the_paper():
+    n = count_parameters(DeepSRPIE(config_for("paper")))
+    assert abs(n - PAPER_PARAMS) / PAPER_PARAMS <= 0.15, n
+
+
+def test_fast_preset_is_at_least_3x_cheaper_per_pixel():
+    paper = flops_per_input_pixel(DeepSRPIE(config_for("paper")), size=32)
+    fast = flops_per_input_pixel(DeepSRPIE(config_for("fast")), size=32)
+    assert count_parameters(DeepSRPIE(config_for("fast"))) < count_parameters(DeepSRPIE(config_for("paper")))
+    assert paper / fast >= 3.0, (paper, fast)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 13), (17, 9), (33, 65)])
+def test_any_size_gives_exactly_2x_and_finite_output(preset, size):
+    model = perturbed(config_for(preset))
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 3, 2 * size[0], 2 * size[1])
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_scale_is_not_hard_wired(scale):
+    model = perturbed(SRPIEConfig(scale=scale, width=8, t=1, pe_widths=(4, 4, 4), du_width=6))
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 11, 6))
+    assert y.shape == (1, 3, 11 * scale, 6 * scale)
+
+
+def test_black_and_white_inputs_stay_finite():
+    model = perturbed(config_for("fast"))
+    with torch.no_grad():
+        for value in (0.0, 1.0):
+            assert torch.isfinite(model(torch.full((1, 3, 20, 20), value))).all()
+
+
+def test_untrained_network_starts_at_bicubic():
+    model = DeepSRPIE(config_for("fast")).eval()
+    x = torch.rand(2, 3, 24, 19)
+    with torch.no_grad():
+        assert torch.allclose(model(x), upsample_bicubic(x, 2), atol=1e-6)
+
+
+def test_identity_initialised_penet_leaves_the_mbfnet_output_unchanged():
+    # everything trained-looking except PENet's last layer, which stays at its identity init
+    model = perturbed(config_for("fast"))
+    fresh = DeepSRPIE(config_for("fast"))
+    model.penet.stage9.load_state_dict(fresh.penet.stage9.state_dict())
+    x = torch.rand(1, 3, 21, 30)
+    with torch.no_grad():
+        h_x = model.h(x)
+        mbf = model.mbfnet(x, decompose(x, 2, 1e-2), h_x)
+        transform = model.penet(h_x)
+        assert transform.shape == (1, 12, 21, 30)
+        assert torch.allclose(local_transform(transform, mbf), mbf, atol=1e-6)
+        assert not torch.allclose(mbf, x, atol=1e-3)  # MBFNet itself does change the image
+
+
+def test_local_transform_reads_a_colour_matrix_and_a_gain():
+    x = torch.rand(1, 3, 4, 5)
+    a = torch.zeros(1, 12, 4, 5)
+    a[:, 9:12] = torch.tensor([2.0, 1.0, 0.5]).view(1, 3, 1, 1)  # per-channel gains
+    a[:, 1] = 1.0  # M[0, 1]: red takes green's curve term
+    out = local_transform(a, x)
+    g = x * (1 - x)
+    assert torch.allclose(out[:, 0], 2.0 * x[:, 0] + g[:, 1])
+    assert torch.allclose(out[:, 2], 0.5 * x[:, 2])
+
+
+def test_pixelshuffle_head_ablation_and_no_skip_variant_build_and_run():
+    for cfg in (SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6, dunet=False),
+                SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6, global_skip=False)):
+        model = DeepSRPIE(cfg).eval()
+        with torch.no_grad():
+            y = model(torch.rand(1, 3, 9, 10))
+        assert y.shape == (1, 3, 18, 20) and torch.isfinite(y).all()
+    x = torch.rand(1, 3, 9, 10)
+    no_skip = DeepSRPIE(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6, global_skip=False)).eval()
+    with torch.no_grad():  # without the skip, an untrained network is far from bicubic
+        assert (no_skip(x) - upsample_bicubic(x, 2)).abs().mean() > 0.05
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = config_for("fast", scale=3)
+    assert SRPIEConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError):
+        SRPIEConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError):
+        config_for("huge")

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from srpie_cli.metrics import psnr
+from srpie_cli.model import config_for, upsample_bicubic
+from srpie_cli.tiling import TileOptions, pick_device, ramp, spans, upscale
+from tests.test_model import perturbed
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A photo-like test image: blurred noise with some edges."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, h, w, generator=g)
+    x = torch.nn.functional.avg_pool2d(x, 7, 1, 3)
+    x[..., h // 3: h // 2, :] += 0.3  # a horizontal band: edges
+    return x.clamp(0, 1)
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(600, 128, 24), (440, 100, 16), (50, 128, 24), (129, 128, 8), (7, 4, 2)])
+def test_spans_cover_the_axis_with_the_requested_overlap(length, tile, overlap):
+    sp = spans(length, tile, overlap)
+    assert sp[0][0] == 0 and sp[-1][1] == length
+    for (a0, a1), (b0, b1) in zip(sp, sp[1:]):
+        assert a1 - b0 >= overlap  # neighbours share at least `overlap`
+        assert b0 > a0
+    assert all(e - s == min(tile, length) for s, e in sp)
+
+
+def test_ramp_rises_and_falls_smoothly_and_stays_positive():
+    w = ramp(100, 20, 10)
+    assert w.min() > 0 and torch.all(w[20:90] == 1)
+    assert torch.all(w[:20].diff() > 0) and torch.all(w[90:].diff() < 0)
+    # two overlapping windows: the weights add to about 1 across the shared region
+    assert torch.allclose(ramp(40, 0, 20)[20:] + ramp(40, 20, 0)[:20], torch.ones(20), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiled_and_whole():
+    model = perturbed(config_for("fast"))
+    x = smooth_image(440, 600)
+    whole = upscale(model, x, TileOptions(tile=0))
+    tiled = upscale(model, x, TileOptions(tile=128, overlap=24, tile_batch=3))
+    bicubic = upsample_bicubic(x, 2).clamp(0, 1)
+    return whole[0].permute(1, 2, 0).numpy(), tiled[0].permute(1, 2, 0).numpy(), bicubic[0].permute(1, 2, 0).numpy()
+
+
+def test_tiled_output_matches_whole_image_output(tiled_and_whole):
+    whole, tiled, bicubic = tiled_and_whole
+    assert whole.shape == tiled.shape == (880, 1200, 3)
+    assert psnr(whole, bicubic) < 40  # the network really changes the image...
+    assert psnr(tiled, whole) >= 50  # ...and tiling does not
+
+
+def test_no_seam_along_tile_borders(tiled_and_whole):
+    whole, tiled, _ = tiled_and_whole
+    err = np.abs(tiled - whole).max(axis=2)
+    # tile borders in output pixels (the image is reflection-padded by the overlap first)
+    margin = 24
+    borders_y = {2 * (s - margin) for s, _ in spans(440 + 2 * margin, 128, 24)[1:]} | \
+                {2 * (e - margin) for _, e in spans(440 + 2 * margin, 128, 24)[:-1]}
+    borders_x = {2 * (s - margin) for s, _ in spans(600 + 2 * margin, 128, 24)[1:]} | \
+                {2 * (e - margin) for _, e in spans(600 + 2 * margin, 128, 24)[:-1]}
+    rows = sorted(b for b in borders_y if 0 < b < 880)
+    cols = sorted(b for b in borders_x if 0 < b < 1200)
+    assert rows and cols
+    band = np.zeros_like(err, dtype=bool)
+    for r in rows:
+        band[max(0, r - 2): r + 2] = True
+    for c in cols:
+        band[:, max(0, c - 2): c + 2] = True
+    assert err[band].max() <= err[~band].max() * 1.5 + 1e-6
+    # and the step across a border is no larger in the tiled output than in the whole one
+    for r in rows:
+        step_t = np.abs(tiled[r] - tiled[r - 1]).mean()
+        step_w = np.abs(whole[r] - whole[r - 1]).mean()
+        assert abs(step_t - step_w) < 1e-3
+
+
+def test_same_input_same_output_bytes():
+    model = perturbed(config_for("fast"))
+    x = smooth_image(70, 90)
+    a = upscale(model, x, TileOptions(tile=48, overlap=8))
+    b = upscale(model, x, TileOptions(tile=48, overlap=8))
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def test_self_ensemble_is_flip_equivariant_and_in_range():
+    model = perturbed(config_for("fast"))
+    x = smooth_image(40, 56)
+    y = upscale(model, x, TileOptions(tile=0, tta=True))
+    y_flipped = upscale(model, x.flip(-1), TileOptions(tile=0, tta=True))
+    assert y.shape == (1, 3, 80, 112)
+    assert 0 <= y.min() and y.max() <= 1
+    assert torch.allclose(y.flip(-1), y_flipped, atol=1e-5)  # the four flips are averaged
+    assert not torch.allclose(y, upscale(model, x, TileOptions(tile=0)), atol=1e-4)
+
+
+def test_tiny_and_odd_images_tile():
+    model = perturbed(config_for("fast"))
+    for h, w in ((1, 1), (2, 5), (31, 3)):
+        y = upscale(model, torch.rand(1, 3, h, w), TileOptions(tile=16, overlap=4))
+        assert y.shape == (1, 3, 2 * h, 2 * w) and torch.isfinite(y).all()
+
+
+def test_device_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda")
+    from srpie_cli import SrpieError
+    with pytest.raises(SrpieError):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SrpieError, match="CUDA is not available"):
+            pick_device("cuda:0")

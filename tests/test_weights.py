@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from srpie_cli import SrpieError
+from srpie_cli.model import SRPIEConfig
+from srpie_cli.weights import SHIPPED, load_model, read_weights, resolve, save_weights
+from tests.test_model import perturbed
+
+TINY = SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)
+
+
+def test_checkpoint_round_trip_needs_no_side_file(tmp_path):
+    model = perturbed(TINY)
+    path = tmp_path / "m.pt"
+    save_weights(path, model, {"note": "test", "scores": {"val": {"psnr": 30.0}}})
+    loaded, meta = load_model(path)
+    assert loaded.cfg == TINY
+    assert meta["note"] == "test" and meta["untrained"] is False
+    x = torch.rand(1, 3, 13, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temporary file
+
+
+def test_a_weights_file_holding_a_pickled_object_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "srpie-weights-1", "config": {}, "state_dict": {}, "meta": Payload()}, path)
+    with pytest.raises(SrpieError, match="pickled Python objects"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a weights file", b"PK\x03\x04broken zip"])
+def test_garbage_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(SrpieError, match="bad.pt"):
+        read_weights(path)
+
+
+def test_a_plain_dict_that_is_not_ours_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(SrpieError, match="not an srpie weights file"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_their_config_are_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    save_weights(path, perturbed(TINY))
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["width"] = 16
+    torch.save(blob, path)
+    with pytest.raises(SrpieError, match="do not fit"):
+        load_model(path)
+
+
+def test_unknown_names_and_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(SrpieError, match="no such model"):
+        resolve("srpie-x9")
+    with pytest.raises(SrpieError, match="no such model"):
+        resolve(tmp_path / "missing.pt")
+
+
+def test_every_shipped_name_loads_trained_or_flagged_untrained():
+    for name in SHIPPED:
+        model, meta = load_model(name)
+        assert model.scale == 2
+        assert isinstance(meta["untrained"], bool)
+        if not meta["untrained"]:
+            assert meta.get("scores"), f"{name} ships without measured scores"
