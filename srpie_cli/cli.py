@@ -179,3 +179,188 @@ def models():
                            for k, v in (meta.get("scores") or {}).items() if isinstance(v, dict) and "psnr" in v)
         table.add_row(name, f"{count_parameters(net):,}", entry.summary, trained, scores)
     out.print(table)
+
+
+# ----------------------------------------------------------------------------- enhance, preview
+
+class OutFormat(str, Enum):
+    jpeg = "jpeg"
+    png = "png"
+    tiff = "tiff"
+    webp = "webp"
+
+
+class RawJpeg(str, Enum):
+    raw = "raw"
+    jpeg = "jpeg"
+    both = "both"
+
+
+def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels):
+    from srpie_cli.batch import Settings
+
+    return Settings(model=model, device=device, tile=tile, overlap=overlap, tta=tta, half=half,
+                    quality=quality, max_megapixels=max_megapixels)
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+TileOpt = Annotated[int, typer.Option(min=0, help="Tile side in input pixels (0: whole image at once).")]
+OverlapOpt = Annotated[int, typer.Option(min=0, help="Pixels shared by neighbouring tiles (blended).")]
+TtaOpt = Annotated[bool, typer.Option("--tta", help="Average the four flips (slower, slightly better).")]
+HalfOpt = Annotated[bool, typer.Option("--half", help="float16 on CUDA (ignored with a warning on the CPU).")]
+MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger inputs (decompression bombs).")]
+
+
+class _Lines:
+    """Plain line-per-file log on stderr (cron, pipes)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def start(self, total, model, device):
+        if not self.quiet:
+            err.print(f"srpie {__version__}: {total} photo(s), model {model.get('name')}, {device}", highlight=False)
+
+    def warn(self, message):
+        err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    def file_done(self, r):
+        if r.status == "failed":
+            err.print(f"[red]failed[/] {r.input}: {r.reason}", highlight=False, soft_wrap=True, markup=True)
+        elif not self.quiet:
+            detail = {"done": f"-> {r.output} ({r.megapixels:.1f} MP, {sum(r.timings.values()):.1f} s)",
+                      "skipped": f"({r.reason})"}.get(r.status, r.reason or "")
+            err.print(f"{r.status} {r.input} {detail}", highlight=False, soft_wrap=True, markup=False)
+            for note in r.notes:
+                err.print(f"  note: {note}", highlight=False, soft_wrap=True, markup=False)
+
+
+class _Bar(_Lines):
+    """A rich progress bar (files, megapixels per second, ETA) on a terminal."""
+
+    def __init__(self):
+        super().__init__(quiet=False)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]enhance"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[mps]:.2f} MP/s"), TimeRemainingColumn(), console=err)
+        self.task = None
+        self.mp, self.t0 = 0.0, None
+
+    def start(self, total, model, device):
+        import time
+
+        super().start(total, model, device)
+        self.t0 = time.perf_counter()
+        self.task = self.progress.add_task("enhance", total=total, mps=0.0)
+        self.progress.start()
+
+    def file_done(self, r):
+        import time
+
+        if r.status == "failed":
+            self.progress.console.print(f"[red]failed[/] {r.input}: {r.reason}", highlight=False, soft_wrap=True)
+        if self.task is None or r.status == "skipped":
+            return
+        self.mp += r.megapixels if r.status == "done" else 0.0
+        elapsed = max(time.perf_counter() - self.t0, 1e-6)
+        self.progress.update(self.task, advance=1, mps=self.mp / elapsed)
+
+    def stop(self):
+        self.progress.stop()
+
+
+def _summary(outcome, report):
+    table = Table(title="srpie enhance", show_header=True)
+    for col in ("status", "files"):
+        table.add_column(col)
+    for status in ("done", "skipped", "failed", "interrupted"):
+        n = outcome.count(status)
+        if n or status in ("done", "failed"):
+            table.add_row(status, str(n))
+    mp = sum(r.megapixels for r in outcome.results if r.status == "done")
+    out.print(table)
+    out.print(f"{mp:.1f} MP in {outcome.seconds:.1f} s" + (f"; report: {report}" if report else ""),
+              highlight=False, soft_wrap=True)
+    pairs = sum(1 for r in outcome.results if r.status == "skipped" and (r.reason or "").startswith("RAW+JPEG"))
+    if pairs:
+        out.print(f"{pairs} file(s) of RAW+JPEG pairs skipped: the other file of each pair was enhanced (--raw-jpeg)",
+                  highlight=False)
+
+
+@app.command()
+def enhance(
+    paths: Annotated[list[Path], typer.Argument(help="Photos and folders (folders are walked recursively).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", file_okay=False, help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
+    model: ModelOpt = "srpie-x2",
+    device: DeviceOpt = "auto",
+    tile: TileOpt = 384,
+    overlap: OverlapOpt = 24,
+    tta: TtaOpt = False,
+    half: HalfOpt = False,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (4:4:4 chroma).")] = 95,
+    fmt: Annotated[Optional[OutFormat], typer.Option("--format", help="Output format (default: as the input; RAW -> 16-bit TIFF).")] = None,
+    raw_jpeg: Annotated[RawJpeg, typer.Option("--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both.")] = RawJpeg.raw,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist (default: skip them, resume).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and failures.")] = False,
+    report: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a JSON report: per-file status, output, timings, errors.")] = None,
+    max_megapixels: MaxMpOpt = 150.0,
+):
+    """Enhance photos at 2x, keeping their metadata; skips what is done, goes on past bad files."""
+    from srpie_cli.batch import Interrupted, UsageError, enhance as run_enhance
+
+    listener = _Bar() if (err.is_terminal and not quiet) else _Lines(quiet)
+    try:
+        outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
+                              overwrite=overwrite, report=report, listener=listener,
+                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels))
+    except UsageError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except SrpieError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    except Interrupted as e:
+        err.print(f"interrupted ({e}): finished outputs are complete; run again to do the rest", highlight=False)
+        raise typer.Exit(128 + e.signum) from None
+    finally:
+        if isinstance(listener, _Bar):
+            listener.stop()
+    if not quiet:
+        _summary(outcome, report)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def preview(
+    photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The photo to judge.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False, help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo).")] = None,
+    model: ModelOpt = "srpie-x2",
+    device: DeviceOpt = "auto",
+    tile: TileOpt = 384,
+    overlap: OverlapOpt = 24,
+    tta: TtaOpt = False,
+    half: HalfOpt = False,
+    crop: Annotated[int, typer.Option(min=8, help="Side of the zoomed crop, in input pixels.")] = 64,
+    zoom: Annotated[int, typer.Option(min=1, max=8, help="Magnification of the crop.")] = 3,
+    at: Annotated[Optional[str], typer.Option(help="Crop centre as fractions X,Y of the width and height (default 0.5,0.5).")] = None,
+    max_megapixels: MaxMpOpt = 150.0,
+):
+    """A before/after sheet: bicubic 2x beside srpie 2x, with a zoomed crop of each."""
+    from srpie_cli.preview import preview as make_preview
+
+    centre = None
+    if at:
+        try:
+            cx, cy = (float(v) for v in at.split(","))
+        except ValueError:
+            cx = cy = -1.0
+        if not (0 <= cx <= 1 and 0 <= cy <= 1):
+            raise fail(f"--at {at!r}: expected X,Y fractions between 0 and 1, e.g. 0.3,0.6")
+        centre = (cx, cy)
+    try:
+        path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre,
+                            settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels),
+                            log=lambda m: err.print(f"[bold yellow]warning:[/] {m}", highlight=False))
+    except SrpieError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    out.print(str(path), highlight=False, soft_wrap=True)
