@@ -389,8 +389,13 @@ def raw_metadata(path: Path, notes: list[str]) -> tuple[dict | None, bytes | Non
         if head[4:12] == b"ftypcrx ":
             return _cr3_exif(data, notes), None
         if head[:16] == b"FUJIFILMCCD-RAW ":
-            off, length = struct.unpack(">II", data[84:92])
-            return _parse_exif(data[off:off + length], notes), None
+            off, length = struct.unpack(">II", data[84:92])  # the embedded JPEG
+            jpeg = data[off:off + length]
+            at = jpeg.find(b"Exif\0\0")
+            if jpeg[:2] != b"\xff\xd8" or at < 4:
+                raise ValueError("no EXIF in the embedded JPEG")
+            seg = struct.unpack(">H", jpeg[at - 2:at])[0]  # APP1 length, counting its own 2 bytes
+            return _parse_exif(jpeg[at:at - 2 + seg], notes), None
     except (struct.error, ValueError, IndexError) as e:
         notes.append(f"EXIF of the RAW container unreadable ({_short(e)})")
         return None, None
