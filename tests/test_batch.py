@@ -1,0 +1,178 @@
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from srpie_cli import batch, images
+from srpie_cli.batch import Settings, UsageError
+from tests.conftest import write_dng, write_jpeg
+
+
+def rel(paths, root):
+    return sorted(str(Path(p).relative_to(root)) for p in paths)
+
+
+def test_plan_mirrors_the_tree_beside_the_input_and_skips_hidden(shoot):
+    p = batch.plan([shoot])
+    out = shoot.parent / "shoot_srpie"
+    assert p.out_roots == [out]
+    dst = {str(j.src.relative_to(shoot)): j.dst for j in p.jobs}
+    assert dst["day1/sub dir/café ñ.png"] == out / "day1/sub dir/café ñ.png"
+    assert dst["raw/IMG_0100.dng"] == out / "raw/IMG_0100.tif"
+    assert dst["day1/IMG_0002.JPG"] == out / "day1/IMG_0002.JPG"  # the suffix is kept as it was
+    assert not any(".hidden" in k or ".cache" in k or k.endswith(".txt") for k in dst)
+    skipped = {str(Path(r.input).relative_to(shoot)): r.reason for r in p.results}
+    assert "RAW+JPEG" in skipped["raw/IMG_0100.JPG"]
+
+
+@pytest.mark.parametrize("choice,enhanced", [("raw", {"IMG_1.CR2"}), ("jpeg", {"IMG_1.JPG"}), ("both", {"IMG_1.CR2", "IMG_1.JPG"})])
+def test_raw_jpeg_pairs(tmp_path, choice, enhanced):
+    (tmp_path / "s").mkdir()
+    for name in ("IMG_1.CR2", "IMG_1.JPG", "IMG_2.JPG"):
+        (tmp_path / "s" / name).write_bytes(b"x")
+    p = batch.plan([tmp_path / "s"], raw_jpeg=choice)
+    assert {j.src.name for j in p.jobs} == enhanced | {"IMG_2.JPG"}
+
+
+def test_output_folder_inside_the_input_is_not_walked(tmp_path):
+    write_jpeg(tmp_path / "s/a.jpg")
+    write_jpeg(tmp_path / "s/out/old.jpg")
+    p = batch.plan([tmp_path / "s"], output=tmp_path / "s/out")
+    assert [j.src.name for j in p.jobs] == ["a.jpg"]
+    with pytest.raises(UsageError, match="input folder"):
+        batch.plan([tmp_path / "s"], output=tmp_path / "s")
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(tmp_path):
+    write_jpeg(tmp_path / "s/a.jpg")
+    write_jpeg(tmp_path / "s/b.jpg")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o/a.jpg").write_bytes(b"done before")
+    p = batch.plan([tmp_path / "s"], output=tmp_path / "o")
+    assert [j.src.name for j in p.jobs] == ["b.jpg"]
+    assert p.results[0].status == "skipped" and "exists" in p.results[0].reason
+    assert len(batch.plan([tmp_path / "s"], output=tmp_path / "o", overwrite=True).jobs) == 2
+
+
+def test_output_names_that_collide_are_failures_not_overwrites(tmp_path):
+    write_jpeg(tmp_path / "s/a.jpg")
+    Image.new("RGB", (4, 4)).save(tmp_path / "s/a.png")
+    p = batch.plan([tmp_path / "s"], output=tmp_path / "o", fmt="tiff")
+    assert len(p.jobs) == 1
+    assert "collides" in p.results[0].reason
+
+
+def test_walk_survives_a_symlink_loop(tmp_path):
+    write_jpeg(tmp_path / "s/sub/a.jpg")
+    os.symlink(tmp_path / "s", tmp_path / "s/sub/loop")
+    errors = []
+    found = list(batch.walk(tmp_path / "s", set(), errors))
+    assert rel(found, tmp_path / "s") == ["sub/a.jpg"] and errors == []
+
+
+def test_walk_names_and_skips_an_unreadable_folder(tmp_path, monkeypatch):
+    write_jpeg(tmp_path / "s/ok/a.jpg")
+    write_jpeg(tmp_path / "s/locked/b.jpg")
+    real = os.scandir
+
+    def scandir(path):  # as root, chmod 000 does not stop reading: simulate the error
+        if Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(batch.os, "scandir", scandir)
+    p = batch.plan([tmp_path / "s"], output=tmp_path / "o")
+    assert [j.src.name for j in p.jobs] == ["a.jpg"]
+    (err,) = [r for r in p.results if r.status == "failed"]
+    assert err.input.endswith("locked") and "Permission denied" in err.reason
+
+
+def test_output_folder_that_cannot_be_created_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="cannot be created or written"):
+        batch.prepare_outputs([tmp_path / "file" / "out"])
+
+
+def test_second_run_on_the_same_output_is_refused_by_the_lock(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg")
+    (tmp_path / "o").mkdir()
+    with batch.OutputLock([tmp_path / "o"]):
+        with pytest.raises(UsageError, match="another srpie run"):
+            batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert not (tmp_path / "o/a.jpg").exists()
+    # the lock is released with the first run
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert out.count("done") == 1
+
+
+def test_full_disk_is_reported_leaves_no_temporary_file_and_stops(tmp_path, tiny_model, monkeypatch):
+    for i in range(4):
+        write_jpeg(tmp_path / f"s/{i}.jpg", 16, 16, seed=i)
+    real = images._write_pillow
+    calls = []
+
+    def full(f, *a, **kw):
+        calls.append(1)
+        if len(calls) >= 2:
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *a, **kw)
+
+    monkeypatch.setattr(images, "_write_pillow", full)
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    by = {Path(r.input).name: r for r in out.results}
+    assert by["0.jpg"].status == "done"
+    assert by["1.jpg"].status == "failed" and "No space left" in by["1.jpg"].reason
+    assert out.exit_code == 1
+    assert all(r.status == "failed" for n, r in by.items() if n != "0.jpg")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != batch.LOCK_NAME) == ["0.jpg"]
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg", 16, 16)
+    (tmp_path / "o").mkdir()
+    stale = tmp_path / "o" / f".a.jpg.abc123{images.TMP_MARK}"
+    stale.write_bytes(b"half")
+    batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert not stale.exists() and (tmp_path / "o/a.jpg").is_file()
+
+
+def test_alpha_is_upscaled_not_lost_and_16bit_stays_16bit(tmp_path, tiny_model):
+    rgba = np.dstack([np.full((8, 10, 3), 90, np.uint8), np.full((8, 10), 200, np.uint8)])
+    (tmp_path / "s").mkdir()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "s/a.png")
+    write_dng(tmp_path / "s/r.dng")  # LibRaw refuses frames much smaller than this
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert out.exit_code == 0
+    a = images.read_photo(tmp_path / "o/a.png")
+    assert a.size == (20, 16) and a.alpha is not None and np.all(a.alpha == 200)
+    r = images.read_photo(tmp_path / "o/r.tif")
+    assert r.bits == 16 and r.size == (96, 64)
+
+
+def test_same_input_and_options_give_the_same_bytes(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg", 20, 28)
+    s = Settings(model=str(tiny_model), tile=16, overlap=4)
+    batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o1", settings=s)
+    batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o2", settings=s)
+    assert (tmp_path / "o1/a.jpg").read_bytes() == (tmp_path / "o2/a.jpg").read_bytes()
+
+
+def test_untrained_model_is_announced(tmp_path, tiny_model):
+    from srpie_cli.model import DeepSRPIE, SRPIEConfig
+    from srpie_cli.weights import save_weights
+
+    save_weights(tmp_path / "u.pt", DeepSRPIE(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)), {"untrained": True})
+    write_jpeg(tmp_path / "s/a.jpg", 8, 8)
+    said = []
+
+    class L(batch.Listener):
+        def warn(self, message):
+            said.append(message)
+
+    batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tmp_path / "u.pt"), half=True), listener=L())
+    assert any("UNTRAINED" in m for m in said)
+    assert any("--half" in m for m in said)  # float16 on the CPU: ignored, with a warning
