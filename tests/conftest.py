@@ -3,6 +3,7 @@ of photo, and every kind of bad file, that a batch meets in real event work."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def pattern(h: int, w: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:
     return np.rint(np.clip(img, 0, 1) * top).astype(dtype)
 
 
+@functools.lru_cache(maxsize=1)
 def srgb_icc() -> bytes:
+    """An sRGB profile (cached: each profile built carries its creation time)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

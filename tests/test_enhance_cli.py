@@ -1,0 +1,162 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import piexif
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from srpie_cli import images
+from srpie_cli.cli import app
+from tests.conftest import BAD, GOOD, MAKE, PAIR_JPEG, digest, srgb_icc, write_jpeg
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def enhance(*args):
+    return runner.invoke(app, ["enhance", *map(str, args)])
+
+
+def no_temporaries(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if images.TMP_MARK in p.name]
+
+
+def test_a_whole_shoot(shoot, tiny_model, tmp_path):
+    before = digest(shoot)
+    report = tmp_path / "report.json"
+    r = enhance(shoot, "--model", tiny_model, "--report", report)
+    assert r.exit_code == 1, r.output  # the bad files failed, the rest is done
+    out = shoot.parent / "shoot_srpie"
+    doc = json.loads(report.read_text())
+    files = {str(Path(f["input"]).relative_to(shoot)): f for f in doc["files"]}
+
+    for rel, ((w, h), out_name) in GOOD.items():
+        assert files[rel]["status"] == "done", files[rel]
+        dst = out / Path(rel).parent / out_name
+        assert files[rel]["output"] == str(dst)
+        photo = images.read_photo(dst)
+        assert photo.size == (2 * w, 2 * h), rel  # exactly 2x the upright input
+    # metadata: the camera JPEG (orientation 6, GPS, ICC)
+    cam = images.read_photo(out / "day1/IMG_0001.jpg")
+    assert cam.exif["0th"][piexif.ImageIFD.Make] == MAKE
+    assert cam.exif["0th"][piexif.ImageIFD.Orientation] == 1
+    assert cam.exif["GPS"][piexif.GPSIFD.GPSLatitudeRef] == b"N"
+    assert cam.exif["Exif"][piexif.ExifIFD.PixelXDimension] == 48
+    assert cam.icc == srgb_icc()
+    with Image.open(out / "day1/IMG_0001.jpg") as im:  # 4:4:4 chroma
+        assert im.layer[0][1:3] == im.layer[1][1:3] == (1, 1)
+    assert images.read_photo(out / "day1/sub dir/café ñ.png").alpha is not None
+    tif = images.read_photo(out / "day2/scan 16bit.tif")
+    assert tif.bits == 16 and tif.icc == srgb_icc()
+    raw = images.read_photo(out / "raw/IMG_0100.tif")
+    assert raw.bits == 16 and raw.exif["0th"][piexif.ImageIFD.Make] == MAKE  # EXIF from the RAW container
+
+    for rel, why in BAD.items():
+        assert files[rel]["status"] == "failed" and files[rel]["reason"], rel
+        assert rel.split("/")[-1] in r.output  # named on stderr, one line each
+        assert not (out / rel).exists()
+    assert files[PAIR_JPEG]["status"] == "skipped" and "RAW+JPEG" in files[PAIR_JPEG]["reason"]
+    assert not any(".hidden" in k or ".cache" in k for k in files)
+    assert doc["summary"] == {"done": len(GOOD), "failed": len(BAD), "skipped": 1, "interrupted": 0}
+    assert no_temporaries(out)
+    assert digest(shoot) == before  # inputs byte-identical
+
+    # a second run does no work
+    def photos(folder):
+        return {k: v for k, v in digest(folder).items() if not k.endswith(".srpie.lock")}
+
+    outputs = photos(out)
+    r2 = enhance(shoot, "--model", tiny_model, "--report", report)
+    doc2 = json.loads(report.read_text())
+    assert doc2["summary"]["done"] == 0 and doc2["summary"]["skipped"] == len(GOOD) + 1
+    assert r2.exit_code == 1  # the bad files are still bad
+    assert photos(out) == outputs
+
+
+def test_format_override_and_quality(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg", 12, 16)
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model, "--format", "tiff", "-q")
+    assert r.exit_code == 0, r.output
+    assert images.read_photo(tmp_path / "o/a.tif").size == (32, 24)
+    assert r.stdout == ""  # --quiet: nothing on stdout
+
+
+def test_usage_errors_exit_2_before_any_work(tmp_path, tiny_model):
+    assert enhance(tmp_path / "missing", "--model", tiny_model).exit_code == 2
+    write_jpeg(tmp_path / "s/a.jpg", 8, 8)
+    (tmp_path / "f").write_text("a file")
+    r = enhance(tmp_path / "s", "-o", tmp_path / "f" / "out", "--model", tiny_model)
+    assert r.exit_code == 2 and "cannot be created" in r.output
+    assert enhance(tmp_path / "s", "--raw-jpeg", "maybe").exit_code == 2
+    assert not (tmp_path / "s_srpie").exists()
+
+
+def test_plain_log_when_not_a_terminal(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg", 8, 8)
+    (tmp_path / "s/b.jpg").write_bytes(b"")
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model)
+    assert r.exit_code == 1
+    lines = r.stderr.splitlines()
+    assert any(line.startswith("done ") and "a.jpg" in line for line in lines)
+    assert any(line.startswith("failed ") and "b.jpg" in line and "empty" in line for line in lines)
+    assert "done" in r.stdout and "failed" in r.stdout  # the summary table
+
+
+def test_preview_sheet(tmp_path, tiny_model):
+    p = write_jpeg(tmp_path / "a.jpg", 24, 32)
+    r = runner.invoke(app, ["preview", str(p), "--model", str(tiny_model), "--crop", "8", "--at", "0.2,0.7"])
+    assert r.exit_code == 0, r.output
+    sheet = Path(r.stdout.strip())
+    assert sheet == tmp_path / "a_srpie_preview.png"
+    with Image.open(sheet) as im:
+        assert im.width >= 2 * 64 and im.height > 48 + 16 * 3
+    assert runner.invoke(app, ["preview", str(p), "--model", str(tiny_model), "--at", "2,2"]).exit_code == 2
+
+
+def test_examples_plan():
+    from srpie_cli import batch
+
+    p = batch.plan([REPO / "examples"], output=REPO / "examples_out_never_created")
+    assert sorted(j.src.name for j in p.jobs) == ["astronaut.jpg", "chelsea.png", "coffee.jpg"]
+
+
+@pytest.mark.slow
+def test_examples_end_to_end(tmp_path, tiny_model):
+    r = enhance(REPO / "examples", "-o", tmp_path / "out", "--model", tiny_model, "--tile", "0")
+    assert r.exit_code == 0, r.output
+    with Image.open(REPO / "examples/chelsea.png") as a, Image.open(tmp_path / "out/chelsea.png") as b:
+        assert b.size == (2 * a.width, 2 * a.height)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_killed_run_leaves_no_partial_output_and_the_next_run_finishes(tmp_path, tiny_model, sig):
+    n = 6
+    for i in range(n):
+        write_jpeg(tmp_path / f"s/{i:02d}.jpg", 48, 64, seed=i)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "srpie_cli", "enhance", str(tmp_path / "s"), "-o", str(out),
+           "--model", str(tiny_model), "--tile", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.jpg")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    done = sorted(out.glob("*.jpg"))
+    assert proc.returncode == 128 + sig, stderr.decode()
+    assert 1 <= len(done) < n
+    assert no_temporaries(out)
+    for p in done:  # every output there is complete
+        assert images.read_photo(p).size == (128, 96)
+    r = enhance(tmp_path / "s", "-o", out, "--model", tiny_model, "--tile", "0")
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("*.jpg"))) == n
+    assert "done" in r.stdout and f"skipped │ {len(done)}" in r.stdout
