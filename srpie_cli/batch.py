@@ -88,6 +88,7 @@ class Settings:
     half: bool = False
     quality: int = DEFAULT_QUALITY
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
 
 
 class Listener:
@@ -335,7 +336,7 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         results: list[FileResult] | None = None) -> list[FileResult]:
     """Enhance every job of the plan; returns one result per file (the plan's own first),
     appended to ``results`` as they come, so an interrupted run still knows what it did."""
-    import torch  # noqa: F401  (imported here: planning and --help stay fast)
+    import torch  # imported here: planning and --help stay fast
 
     from srpie_cli.tiling import pick_device
     from srpie_cli.weights import load_model
@@ -345,6 +346,8 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
     results.extend(p.results)
     for r in p.results:
         listener.file_done(r)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     model, meta = load_model(settings.model)
     device = pick_device(settings.device)
     if settings.half and device.type != "cuda":

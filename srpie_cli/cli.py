@@ -196,11 +196,11 @@ class RawJpeg(str, Enum):
     both = "both"
 
 
-def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels):
+def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads):
     from srpie_cli.batch import Settings
 
     return Settings(model=model, device=device, tile=tile, overlap=overlap, tta=tta, half=half,
-                    quality=quality, max_megapixels=max_megapixels)
+                    quality=quality, max_megapixels=max_megapixels, threads=threads)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")]
@@ -210,6 +210,7 @@ OverlapOpt = Annotated[int, typer.Option(min=0, help="Pixels shared by neighbour
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Average the four flips (slower, slightly better).")]
 HalfOpt = Annotated[bool, typer.Option("--half", help="float16 on CUDA (ignored with a warning on the CPU).")]
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger inputs (decompression bombs).")]
+ThreadsOpt = Annotated[int, typer.Option(min=0, help="CPU threads for the network (0: all; 1-2 on a busy shared machine).")]
 
 
 class _Lines:
@@ -306,6 +307,7 @@ def enhance(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and failures.")] = False,
     report: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a JSON report: per-file status, output, timings, errors.")] = None,
     max_megapixels: MaxMpOpt = 150.0,
+    threads: ThreadsOpt = 0,
 ):
     """Enhance photos at 2x, keeping their metadata; skips what is done, goes on past bad files."""
     from srpie_cli.batch import Interrupted, UsageError, enhance as run_enhance
@@ -314,7 +316,7 @@ def enhance(
     try:
         outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
                               overwrite=overwrite, report=report, listener=listener,
-                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels))
+                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads))
     except UsageError as e:
         raise fail(str(e), EXIT_USAGE) from None
     except SrpieError as e:
@@ -344,6 +346,7 @@ def preview(
     zoom: Annotated[int, typer.Option(min=1, max=8, help="Magnification of the crop.")] = 3,
     at: Annotated[Optional[str], typer.Option(help="Crop centre as fractions X,Y of the width and height (default 0.5,0.5).")] = None,
     max_megapixels: MaxMpOpt = 150.0,
+    threads: ThreadsOpt = 0,
 ):
     """A before/after sheet: bicubic 2x beside srpie 2x, with a zoomed crop of each."""
     from srpie_cli.preview import preview as make_preview
@@ -359,7 +362,7 @@ def preview(
         centre = (cx, cy)
     try:
         path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre,
-                            settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels),
+                            settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels, threads),
                             log=lambda m: err.print(f"[bold yellow]warning:[/] {m}", highlight=False))
     except SrpieError as e:
         raise fail(str(e), EXIT_FAILED) from None

@@ -80,6 +80,10 @@ def preview(*, photo: Path, output: Path | None = None, settings: Settings = Set
     if fmt is None:
         raise SrpieError(f"{output}: the preview is written as .png or .jpg")
     src = images.read_photo(photo, settings.max_megapixels)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     model, meta = load_model(settings.model)
     if meta.get("untrained"):
         log(f"model {meta.get('name')} is UNTRAINED: its output is a plain bicubic upscale")

@@ -98,6 +98,18 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture
+def one_thread():
+    """PyTorch on one thread for the test: on a busy machine (CI, parallel jobs) its thread
+    pool spins against other processes and tiny models run a hundred times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A weights file for a very small untrained network (its output is the bicubic 2x)."""

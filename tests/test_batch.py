@@ -11,6 +11,9 @@ from srpie_cli.batch import Settings, UsageError
 from tests.conftest import write_dng, write_jpeg
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def rel(paths, root):
     return sorted(str(Path(p).relative_to(root)) for p in paths)
 

@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def enhance(*args):
     return runner.invoke(app, ["enhance", *map(str, args)])
 
@@ -139,12 +142,12 @@ def test_examples_end_to_end(tmp_path, tiny_model):
 def test_killed_run_leaves_no_partial_output_and_the_next_run_finishes(tmp_path, tiny_model, sig):
     n = 6
     for i in range(n):
-        write_jpeg(tmp_path / f"s/{i:02d}.jpg", 48, 64, seed=i)
+        write_jpeg(tmp_path / f"s/{i:02d}.jpg", 160, 200, seed=i)  # ~0.3 s each: time to signal
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "srpie_cli", "enhance", str(tmp_path / "s"), "-o", str(out),
            "--model", str(tiny_model), "--tile", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not list(out.glob("*.jpg")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -155,7 +158,7 @@ def test_killed_run_leaves_no_partial_output_and_the_next_run_finishes(tmp_path,
     assert 1 <= len(done) < n
     assert no_temporaries(out)
     for p in done:  # every output there is complete
-        assert images.read_photo(p).size == (128, 96)
+        assert images.read_photo(p).size == (400, 320)
     r = enhance(tmp_path / "s", "-o", out, "--model", tiny_model, "--tile", "0")
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("*.jpg"))) == n
