@@ -364,14 +364,10 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         photo = images.read_photo(job.src, settings.max_megapixels)
         return photo, time.perf_counter() - t
 
-    cleaned: set[Path] = set()
+    prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
 
     def encode(job: Job, photo: Photo) -> tuple[list[str], float]:
         t = time.perf_counter()
-        if job.dst.parent not in cleaned:
-            job.dst.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(job.dst.parent)
-            cleaned.add(job.dst.parent)
         notes = images.write_photo(job.dst, photo, job.fmt, settings.quality)
         return notes, time.perf_counter() - t
 
@@ -418,6 +414,16 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
                 results.append(res)
                 listener.file_done(res)
                 continue
+            if job.dst.parent not in prepared:
+                try:
+                    job.dst.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    res.reason = f"cannot create {job.dst.parent}: {_reason(e)}"
+                    results.append(res)
+                    listener.file_done(res)
+                    continue
+                remove_stale_temporaries(job.dst.parent)
+                prepared.add(job.dst.parent)
             writing.append((res, job, pool.submit(encode, job, out)))
             del out
             while writing and (writing[0][2].done() or len(writing) > WRITE_BACKLOG):

@@ -15,6 +15,7 @@ that hold it (PNG, TIFF, WebP); asking for JPEG from a photo with alpha is refus
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -239,10 +240,10 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 _check_size(path, im.width, im.height, max_megapixels)
-                info = dict(im.info)
                 fmt = (im.format or "").lower()
-                im.load()
-                exif = _parse_exif(info.get("exif") or (im.getexif().tobytes() if fmt == "png" and im.getexif() else None), notes)
+                im.load()  # before reading info: a PNG's eXIf chunk may follow its pixels
+                info = dict(im.info)
+                exif = _parse_exif(info.get("exif"), notes)
                 icc = info.get("icc_profile")
                 xmp = _xmp_bytes(info.get("xmp") or info.get("XML:com.adobe.xmp"))
                 rgb, alpha, icc = _to_rgb(im, icc, notes)
@@ -369,7 +370,16 @@ def _read_raw(path: Path, max_megapixels: float) -> Photo:
     except (rawpy.LibRawError, OSError, ValueError) as e:
         raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({_short(e)})") from None
     exif, xmp = raw_metadata(path, notes)
-    return Photo(np.ascontiguousarray(rgb), None, exif, None, xmp, "raw", notes)
+    return Photo(np.ascontiguousarray(rgb), None, exif, srgb_profile(), xmp, "raw", notes)
+
+
+@functools.lru_cache(maxsize=1)
+def srgb_profile() -> bytes:
+    """The sRGB ICC profile LibRaw's output is in, with a fixed creation date (bytes 24-35)
+    so the same input always gives the same output bytes."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)
+    return bytes(icc)
 
 
 def raw_metadata(path: Path, notes: list[str]) -> tuple[dict | None, bytes | None]:

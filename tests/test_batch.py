@@ -158,10 +158,12 @@ def test_alpha_is_upscaled_not_lost_and_16bit_stays_16bit(tmp_path, tiny_model):
 
 def test_same_input_and_options_give_the_same_bytes(tmp_path, tiny_model):
     write_jpeg(tmp_path / "s/a.jpg", 12, 16)
-    s = Settings(model=str(tiny_model), tile=16, overlap=4)  # two blended tiles
+    write_dng(tmp_path / "s/r.dng")
+    s = Settings(model=str(tiny_model), tile=16, overlap=4)  # blended tiles
     batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o1", settings=s)
     batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o2", settings=s)
-    assert (tmp_path / "o1/a.jpg").read_bytes() == (tmp_path / "o2/a.jpg").read_bytes()
+    for name in ("a.jpg", "r.tif"):
+        assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes()
 
 
 def test_untrained_model_is_announced(tmp_path, tiny_model):
