@@ -13,7 +13,7 @@ and starts the image again, and says so through ``on_retry``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,50 +69,62 @@ def _shared(sp: list[tuple[int, int]], i: int) -> tuple[int, int]:
     return max(lo, 0), max(hi, 0)
 
 
-def _tiles(h: int, w: int, tile: int, overlap: int) -> Iterator[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]]:
-    ys, xs = spans(h, tile, overlap), spans(w, tile, overlap)
-    for i, ysp in enumerate(ys):
-        for j, xsp in enumerate(xs):
-            yield ysp, xsp, _shared(ys, i), _shared(xs, j)
+def _weights(sp: list[tuple[int, int]], scale: int) -> list[torch.Tensor]:
+    """The blend ramp of every window of one axis, in output pixels."""
+    return [ramp((b - a) * scale, lo * scale, hi * scale) for (a, b), (lo, hi) in
+            ((s, _shared(sp, i)) for i, s in enumerate(sp))]
+
+
+def _axis_norm(sp: list[tuple[int, int]], ws: list[torch.Tensor], scale: int, margin: int, length: int) -> torch.Tensor:
+    """Sum of the ramps of one axis over the cropped output [0, length * scale)."""
+    norm = torch.zeros((length + 2 * margin) * scale)
+    for (a, b), w in zip(sp, ws):
+        norm[a * scale:b * scale] += w
+    return norm[margin * scale:(margin + length) * scale]
+
+
+def _clip(a: int, b: int, scale: int, margin: int, length: int) -> tuple[slice, slice]:
+    """Window [a, b) of the padded axis -> (slice of the cropped output, slice of the tile)."""
+    lo, hi = (a - margin) * scale, (b - margin) * scale
+    o0, o1 = max(lo, 0), min(hi, length * scale)
+    return slice(o0, o1), slice(o0 - lo, o1 - lo)
 
 
 def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap: int,
               tile_batch: int = 4, half: bool = False) -> torch.Tensor:
     """Apply ``model`` to ``x`` (1 x 3 x H x W, float32, on the CPU) tile by tile on the
-    model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped."""
+    model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped.
+
+    Memory: besides the tiles in flight, only the reflection-padded input and the output
+    itself. Each tile adds its part inside the image straight into the output (the padding
+    is never written), and the weights are separable (tile (i, j) is ``wy_i (x) wx_j``), so
+    their sum is ``ny (x) nx``: two vectors instead of a full-size normaliser."""
     device = next(model.parameters()).device
     _, c, h, w = x.shape
     margin = min(overlap, h - 1, w - 1)  # the same in whole-image mode, so both agree at the edges
     xp = F.pad(x, (margin,) * 4, mode="reflect") if margin else x
     hp, wp = xp.shape[-2:]
-    out = torch.zeros(1, c, hp * scale, wp * scale, dtype=torch.float32)
-    norm = torch.zeros(1, 1, hp * scale, wp * scale, dtype=torch.float32)
-    jobs = list(_tiles(hp, wp, tile, overlap))
-    # tiles of equal size go through the network together
-    by_size: dict[tuple[int, int], list] = {}
-    for job in jobs:
-        (y0, y1), (x0, x1) = job[0], job[1]
-        by_size.setdefault((y1 - y0, x1 - x0), []).append(job)
+    ys, xs = spans(hp, tile, overlap), spans(wp, tile, overlap)
+    wys, wxs = _weights(ys, scale), _weights(xs, scale)
+    out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32)
+    # every window of an axis has the same length (spans aligns the last one to the end),
+    # so all tiles share one shape and any run of them can go through the network together
+    jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    step = max(1, tile_batch)
     autocast = torch.autocast("cuda", dtype=torch.float16) if (half and device.type == "cuda") else _null()
-    for group in by_size.values():
-        for k in range(0, len(group), max(1, tile_batch)):
-            chunk = group[k:k + tile_batch]
-            inp = torch.cat([xp[..., y0:y1, x0:x1] for (y0, y1), (x0, x1), _, _ in chunk])
-            if device.type == "cuda":
-                inp = inp.pin_memory().to(device, non_blocking=True)
-            with torch.inference_mode(), autocast:
-                res = model(inp.to(device)).float().cpu()
-            for t, ((y0, y1), (x0, x1), (ylo, yhi), (xlo, xhi)) in zip(res, chunk):
-                wy = ramp((y1 - y0) * scale, ylo * scale, yhi * scale)
-                wx = ramp((x1 - x0) * scale, xlo * scale, xhi * scale)
-                wt = wy[:, None] * wx[None, :]
-                ys, xs = slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale)
-                out[0, :, ys, xs] += t * wt
-                norm[0, :, ys, xs] += wt
-    out /= norm
-    if margin:
-        m = margin * scale
-        out = out[..., m:m + h * scale, m:m + w * scale]
+    for k in range(0, len(jobs), step):
+        chunk = jobs[k:k + step]
+        inp = torch.cat([xp[..., ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in chunk])
+        if device.type == "cuda":
+            inp = inp.pin_memory().to(device, non_blocking=True)
+        with torch.inference_mode(), autocast:
+            res = model(inp).float().cpu()
+        for t, (i, j) in zip(res, chunk):
+            oy, ty = _clip(*ys[i], scale, margin, h)
+            ox, tx = _clip(*xs[j], scale, margin, w)
+            wt = wys[i][ty, None] * wxs[j][None, tx]
+            out[0, :, oy, ox].addcmul_(t[:, ty, tx], wt)
+    out.div_(_axis_norm(ys, wys, scale, margin, h)[:, None]).div_(_axis_norm(xs, wxs, scale, margin, w))
     return out
 
 
@@ -142,7 +154,10 @@ def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions()
                 y = run_tiled(model, xi, scale, tile, opts.overlap, opts.tile_batch, opts.half)
                 y = y.flip(dims) if dims else y
                 acc = y if acc is None else acc.add_(y)
-            return (acc / (4 if opts.tta else 1)).clamp_(0, 1)
+                del y  # a 24 MP output is 1.2 GB: never hold two besides the sum
+            if opts.tta:
+                acc.div_(len(FLIPS))
+            return acc.clamp_(0, 1)
         except torch.OutOfMemoryError:
             if device.type != "cuda":
                 raise
