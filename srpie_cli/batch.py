@@ -324,9 +324,14 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
 FILE_ERRORS = (SrpieError, OSError, ValueError, RuntimeError, MemoryError)
 
 
-def _reason(e: BaseException) -> str:
+def _reason(e: BaseException, path: Path | None = None) -> str:
+    """The reason alone: the report and the log name the file beside it."""
     if isinstance(e, SrpieError):
-        return str(e)
+        msg = str(e)
+        for prefix in ((f"{path}: ", f"{path.name}: ") if path else ()):
+            if msg.startswith(prefix):
+                return msg[len(prefix):]
+        return msg
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -385,7 +390,7 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
             res.notes += notes
             res.timings["encode"] = round(dt, 3)
         except FILE_ERRORS as e:
-            res.status, res.reason = "failed", f"cannot write {job.dst}: {_reason(e)}"
+            res.status, res.reason = "failed", f"cannot write {job.dst}: {_reason(e, job.dst)}"
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 stop = "disk full"
         results.append(res)
@@ -410,7 +415,7 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
                 res.timings["enhance"] = round(time.perf_counter() - t, 3)
                 del photo
             except FILE_ERRORS as e:
-                res.reason = _reason(e)
+                res.reason = _reason(e, job.src)
                 results.append(res)
                 listener.file_done(res)
                 continue

@@ -183,6 +183,13 @@ def models():
 
 # ----------------------------------------------------------------------------- enhance, preview
 
+def _esc(text) -> str:
+    """File names and reasons printed literally (a name like "IMG [1].jpg" is not markup)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 class OutFormat(str, Enum):
     jpeg = "jpeg"
     png = "png"
@@ -224,11 +231,11 @@ class _Lines:
             err.print(f"srpie {__version__}: {total} photo(s), model {model.get('name')}, {device}", highlight=False)
 
     def warn(self, message):
-        err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/] {_esc(message)}", highlight=False, soft_wrap=True)
 
     def file_done(self, r):
         if r.status == "failed":
-            err.print(f"[red]failed[/] {r.input}: {r.reason}", highlight=False, soft_wrap=True, markup=True)
+            err.print(f"[red]failed[/] {_esc(r.input)}: {_esc(r.reason)}", highlight=False, soft_wrap=True)
         elif not self.quiet:
             detail = {"done": f"-> {r.output} ({r.megapixels:.1f} MP, {sum(r.timings.values()):.1f} s)",
                       "skipped": f"({r.reason})"}.get(r.status, r.reason or "")
@@ -261,7 +268,7 @@ class _Bar(_Lines):
         import time
 
         if r.status == "failed":
-            self.progress.console.print(f"[red]failed[/] {r.input}: {r.reason}", highlight=False, soft_wrap=True)
+            self.progress.console.print(f"[red]failed[/] {_esc(r.input)}: {_esc(r.reason)}", highlight=False, soft_wrap=True)
         if self.task is None or r.status == "skipped":
             return
         self.mp += r.megapixels if r.status == "done" else 0.0
@@ -318,9 +325,9 @@ def enhance(
                               overwrite=overwrite, report=report, listener=listener,
                               settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads))
     except UsageError as e:
-        raise fail(str(e), EXIT_USAGE) from None
+        raise fail(_esc(e), EXIT_USAGE) from None
     except SrpieError as e:
-        raise fail(str(e), EXIT_FAILED) from None
+        raise fail(_esc(e), EXIT_FAILED) from None
     except Interrupted as e:
         err.print(f"interrupted ({e}): finished outputs are complete; run again to do the rest", highlight=False)
         raise typer.Exit(128 + e.signum) from None
@@ -363,7 +370,7 @@ def preview(
     try:
         path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre,
                             settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels, threads),
-                            log=lambda m: err.print(f"[bold yellow]warning:[/] {m}", highlight=False))
+                            log=lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False))
     except SrpieError as e:
-        raise fail(str(e), EXIT_FAILED) from None
+        raise fail(_esc(e), EXIT_FAILED) from None
     out.print(str(path), highlight=False, soft_wrap=True)
