@@ -220,14 +220,15 @@ def read_photo(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     path = Path(path)
     kind = format_of(path)
     try:
-        if path.stat().st_size == 0:
-            raise SrpieError(f"{path}: empty file (0 bytes)")
+        with open(path, "rb") as f:  # unreadable files fail here, named as such
+            if not f.read(1):
+                raise SrpieError(f"{path}: empty file (0 bytes)")
         if kind == "raw":
             return _read_raw(path, max_megapixels)
         if kind == "tiff":
             return _read_tiff(path, max_megapixels)
         return _read_pillow(path, max_megapixels)
-    except PermissionError as e:
+    except (PermissionError, IsADirectoryError) as e:
         raise SrpieError(f"{path}: cannot read ({e.strerror})") from None
     except MemoryError:
         raise SrpieError(f"{path}: not enough memory to decode it") from None

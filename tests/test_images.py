@@ -135,6 +135,17 @@ def test_bad_files_raise_srpie_error_naming_file_and_reason(tmp_path, name, cont
     assert name in str(e.value)
 
 
+def test_unreadable_file_is_named_as_such(tmp_path, monkeypatch):
+    p = write_jpeg(tmp_path / "a.jpg")
+
+    def denied(*a, **kw):  # as root, chmod 000 does not stop reading: simulate the error
+        raise PermissionError(errno.EACCES, "Permission denied", str(p))
+
+    monkeypatch.setattr(images, "open", denied, raising=False)
+    with pytest.raises(SrpieError, match="a.jpg: cannot read .Permission denied"):
+        images.read_photo(p)
+
+
 def test_truncated_jpeg_is_an_error_not_a_grey_half(tmp_path):
     data = write_jpeg(tmp_path / "a.jpg", 64, 64).read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
