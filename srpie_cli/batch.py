@@ -82,8 +82,8 @@ class Settings:
 
     model: str = "srpie-x2"
     device: str = "auto"
-    tile: int = 384
-    overlap: int = 24
+    tile: int = 384  # tiling.DEFAULT_TILE (not imported: planning needs no torch)
+    overlap: int = 24  # tiling.DEFAULT_OVERLAP
     tta: bool = False
     half: bool = False
     quality: int = DEFAULT_QUALITY

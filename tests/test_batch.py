@@ -181,3 +181,14 @@ def test_untrained_model_is_announced(tmp_path, tiny_model):
     batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tmp_path / "u.pt"), half=True), listener=L())
     assert any("UNTRAINED" in m for m in said)
     assert any("--half" in m for m in said)  # float16 on the CPU: ignored, with a warning
+
+
+def test_defaults_follow_the_tiling_module():
+    import inspect
+
+    from srpie_cli import tiling
+    from srpie_cli.cli import enhance
+
+    assert (Settings().tile, Settings().overlap) == (tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
+    params = inspect.signature(enhance).parameters
+    assert (params["tile"].default, params["overlap"].default) == (tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
