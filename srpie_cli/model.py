@@ -127,7 +127,8 @@ class MSB(nn.Module):
     """Multi-scale splitting block (Fig. 2).
 
     Dilated 3x3 + RReLU, then step 1: 1x1 (w/4, kept), 3x3 (3w/4) and 5x5 (w/2); step 2 keeps
-    w/4 of each of the 3x3 and 5x5 results and convolves the rest once more (3x3, to w/4); the five kept parts are fused by a 1x1 conv back to w, then FCA, then + input.
+    w/4 of each of the 3x3 and 5x5 results and convolves the rest once more (3x3, to w/4);
+    the five kept parts are fused by a 1x1 conv back to w, then FCA, then + input.
     With w = 64 the widths are Fig. 2's 64, 48, 32 and 16.
 
     Args:
@@ -196,7 +197,8 @@ class MBFNet(nn.Module):
         self.h_id = conv(6, width, 3)
         self.msbs = nn.ModuleList(MSB(width, act) for _ in range(t + 1))
         self.bpbs = nn.ModuleList(BPB(width, first=(k == 0), act=act) for k in range(t))
-        self.hfa = nn.Sequential(conv((t + 3) * width, width, 1), act(), conv(width, width, 3))
+        n_cat = (t + 1) + (1 if t > 0 else 0) + 1  # MSB outputs, last BPB output, H(I_i+d)
+        self.hfa = nn.Sequential(conv(n_cat * width, width, 1), act(), conv(width, width, 3))
         self.out = conv(width, 3, 3)
         if image_skip:
             nn.init.zeros_(self.out.weight)
@@ -211,7 +213,7 @@ class MBFNet(nn.Module):
         bpb = None
         for k, block in enumerate(self.bpbs):
             bpb = block(msb_outs[-1 - k], bpb)
-        hfa = torch.cat([*msb_outs, bpb, self.h_id(x_id)], dim=1)
+        hfa = torch.cat([*msb_outs, *([bpb] if bpb is not None else []), self.h_id(x_id)], dim=1)
         y = self.out(self.hfa(hfa) + h_x)
         return x + y if self.image_skip else y
 

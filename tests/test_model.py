@@ -40,6 +40,12 @@ def test_any_size_gives_exactly_2x_and_finite_output(preset, size):
     assert torch.isfinite(y).all()
 
 
+def test_a_single_msb_network_works():
+    model = perturbed(SRPIEConfig(width=8, t=0, pe_widths=(4, 4, 4), du_width=6))
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 5, 7)).shape == (1, 3, 10, 14)
+
+
 @pytest.mark.parametrize("scale", [3, 4])
 def test_scale_is_not_hard_wired(scale):
     model = perturbed(SRPIEConfig(scale=scale, width=8, t=1, pe_widths=(4, 4, 4), du_width=6))

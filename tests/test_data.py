@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from srpie_cli import SrpieError
+from srpie_cli.data import PairSet, PhotoSet, batch, find_pair_dirs, load_pair, match_pairs
+from srpie_cli.metrics import psnr, rgb_to_y, ssim
+
+
+def write(path, h, w, seed=0, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(a).save(path, format=fmt)
+    return a
+
+
+def test_pairs_match_by_relative_path_and_stem(tmp_path):
+    for rel in ("a.jpg", "sub/b.png", "sub/c.png", "only_before.png"):
+        write(tmp_path / "before" / rel, 16, 16)
+    for rel in ("a.png", "sub/b.tif", "sub/c.png", "only_after.png", ".hidden.png"):
+        write(tmp_path / "after" / rel, 16, 16)
+    before, after = find_pair_dirs(tmp_path)
+    pairs = match_pairs(before, after)
+    assert [(b.relative_to(before).as_posix(), a.relative_to(after).as_posix()) for b, a in pairs] == [
+        ("a.jpg", "a.png"), ("sub/b.png", "sub/b.tif"), ("sub/c.png", "sub/c.png")]
+
+
+def test_pair_folder_layouts_are_recognised_and_a_bad_one_is_a_clear_error(tmp_path):
+    (tmp_path / "input").mkdir()
+    (tmp_path / "expertC").mkdir()
+    assert [p.name for p in find_pair_dirs(tmp_path)] == ["input", "expertC"]
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SrpieError, match="before/"):
+        find_pair_dirs(tmp_path / "x")
+
+
+def test_same_size_before_is_downscaled_to_half_the_after(tmp_path):
+    write(tmp_path / "b.png", 40, 60)
+    write(tmp_path / "a.png", 40, 60, seed=1)
+    lr, hr = load_pair(tmp_path / "b.png", tmp_path / "a.png", scale=2)
+    assert lr.shape == (20, 30, 3) and hr.shape == (40, 60, 3)
+    write(tmp_path / "small.png", 20, 30)  # already half: taken as it is
+    lr2, _ = load_pair(tmp_path / "small.png", tmp_path / "a.png", scale=2)
+    assert np.array_equal((lr2 * 255).round().astype(np.uint8), np.asarray(Image.open(tmp_path / "small.png")))
+
+
+def test_pair_crops_stay_aligned_through_flips(tmp_path):
+    # the after is the before upscaled: a crop of one must match the crop of the other
+    base = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    Image.fromarray(base).save(tmp_path / "before" / "p.png")
+    Image.fromarray(base.repeat(2, 0).repeat(2, 1)).save(tmp_path / "after" / "p.png")
+    train, held = PairSet.from_folders([tmp_path], scale=2, holdout=0)
+    assert len(train) == 1 and len(held) == 0
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        lr, hr = train.sample(rng, 8, 2)
+        assert lr.shape == (8, 8, 3) and hr.shape == (16, 16, 3)
+        assert np.allclose(hr[::2, ::2], lr)
+
+
+def test_holdout_keeps_the_last_pairs_out_of_training(tmp_path):
+    for i in range(5):
+        write(tmp_path / "before" / f"{i}.png", 8, 8, seed=i)
+        write(tmp_path / "after" / f"{i}.png", 8, 8, seed=i)
+    train, held = PairSet.from_folders([tmp_path], scale=2, holdout=2)
+    assert len(train) == 3 and len(held) == 2
+    assert [n.split("/")[-1] for n in held.names] == ["3.png", "4.png"]
+
+
+def test_photo_patches_and_batches(tmp_path):
+    write(tmp_path / "p" / "x.png", 100, 120)
+    photos = PhotoSet.from_folders([tmp_path / "p"])
+    rng = np.random.default_rng(0)
+    items = [photos.sample(rng, 16, 2, enhance=True) for _ in range(3)]
+    lr, hr = batch(items)
+    assert lr.shape == (3, 3, 16, 16) and hr.shape == (3, 3, 32, 32)
+    with pytest.raises(SrpieError):
+        PhotoSet.from_folders([tmp_path / "empty_does_not_exist"])
+
+
+def test_psnr_and_ssim_follow_the_protocol():
+    rng = np.random.default_rng(0)
+    a = rng.random((32, 32, 3))
+    assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
+    b = np.clip(a + 0.01, 0, 1)
+    assert 39 < psnr(b, a) < 41
+    # the border crop ignores damage along the edge
+    c = a.copy()
+    c[:2] = 0
+    assert psnr(c, a, crop_border=2) == float("inf")
+    assert rgb_to_y(np.ones((1, 1, 3)))[0, 0] == pytest.approx(235 / 255, abs=1e-3)
+    assert ssim(b, a, y_channel=True) < 1

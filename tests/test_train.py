@@ -1,0 +1,107 @@
+"""Training: resume continues exactly, and fine-tuning learns a studio's house look."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srpie_cli.data import PairSet
+from srpie_cli.evaluate import evaluate_pairs, mean_score
+from srpie_cli.model import DeepSRPIE, SRPIEConfig
+from srpie_cli.train import TrainConfig, lr_at, train
+from srpie_cli.weights import load_model, read_weights, save_weights
+
+TINY = SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)
+
+
+def scene(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth photo-like scene: gradients, blobs and an edge, float [0, 1]."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        a, b, p = rng.uniform(0.2, 0.8, 3)
+        img[..., c] = a + 0.25 * np.sin(x / (6 + 10 * b) + p) * np.cos(y / (5 + 9 * a))
+    img[: h // 2, w // 3:] += rng.uniform(-0.2, 0.2, 3)
+    return np.clip(img, 0.02, 0.98)
+
+
+def house_look(img: np.ndarray) -> np.ndarray:
+    """A fixed tone curve and a warm colour grade."""
+    out = img ** 0.75
+    out = out * np.array([1.08, 1.0, 0.86], np.float32) + np.array([0.02, 0.0, 0.0], np.float32)
+    return np.clip(out, 0, 1)
+
+
+def write_pairs(root, n: int, size: int = 64):
+    for i in range(n):
+        hr = scene(size, size, i)
+        for sub, img in (("before", hr), ("after", house_look(hr))):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255 + 0.5).astype(np.uint8)).save(root / sub / f"{i:03d}.png")
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    save_weights(path, DeepSRPIE(TINY))
+    return path
+
+
+def test_fine_tuning_learns_a_house_look(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 10)
+    cfg = TrainConfig(out=tmp_path / "house.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      steps=60, batch_size=8, patch=16, lr=5e-3, warmup=5, holdout=3, val_every=30,
+                      loss="hybrid", threads=1)
+    before_model, _ = load_model(tiny_weights)
+    _, held = PairSet.from_folders([pairs], 2, holdout=3)
+    before = mean_score(evaluate_pairs(before_model, held))
+    train(cfg, log=lambda m: None)
+    after_model, meta = load_model(cfg.out)
+    after = mean_score(evaluate_pairs(after_model, held))
+    assert after["psnr"] > before["psnr"] + 3.0, (before, after)
+    assert after["ssim"] > before["ssim"]
+    # the weights file says what made it
+    assert meta["data"]["pair_count"] == 7 and len(meta["data"]["held_out_pairs"]) == 3
+    assert meta["scores"]["val_pairs"]["psnr"] == pytest.approx(after["psnr"], abs=0.01)
+    assert meta["train_config"]["init"] == str(tiny_weights)
+
+
+def test_resume_continues_where_it_stopped(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 4, size=32)
+    common = dict(pairs=[pairs], init=str(tiny_weights), steps=6, batch_size=2, patch=8, warmup=2,
+                  holdout=1, val_every=100, ckpt_every=1, threads=1, loss="hybrid")
+    straight = TrainConfig(out=tmp_path / "a.pt", run_dir=tmp_path / "run_a", **common)
+    train(straight, log=lambda m: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step, loss, lr):
+        if step == 3:
+            raise Stop
+
+    interrupted = TrainConfig(out=tmp_path / "b.pt", run_dir=tmp_path / "run_b", **common)
+    with pytest.raises(Stop):
+        train(interrupted, log=lambda m: None, on_step=stop_at_3)
+    assert read_weights(tmp_path / "run_b" / "last.pt")["step"] == 3
+    interrupted.resume = True
+    logs = []
+    train(interrupted, log=logs.append)
+    assert any("resumed" in m and "step 3" in m for m in logs)
+    a = read_weights(tmp_path / "run_a" / "last.pt")
+    b = read_weights(tmp_path / "run_b" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    cfg = TrainConfig(out=None, run_dir=None, steps=1000, lr=1e-3, warmup=100, lr_min_ratio=0.02)
+    assert lr_at(0, cfg) == pytest.approx(1e-5)
+    assert lr_at(99, cfg) == pytest.approx(1e-3)
+    assert lr_at(550, cfg) < lr_at(200, cfg)
+    assert lr_at(1000, cfg) == pytest.approx(2e-5)
