@@ -105,7 +105,17 @@ def train(
                       pair_fraction=pair_fraction, val_every=val_every, resume=resume, threads=threads,
                       seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
     try:
-        summary = run_train(cfg, log=lambda m: err.print(m, highlight=False))
+        if err.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.1e}"), TimeRemainingColumn())
+            with Progress(*columns, console=err) as bar:
+                task = bar.add_task("train", total=cfg.steps, loss=0.0, lr=cfg.lr)
+                summary = run_train(cfg, log=lambda m: bar.console.print(m, highlight=False),
+                                    on_step=lambda step, loss, lr: bar.update(task, completed=step, loss=loss, lr=lr))
+        else:  # cron / nohup: one line every 20 steps
+            summary = run_train(cfg, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except SrpieError as e:
         raise fail(str(e), EXIT_FAILED) from None
     out.print(json.dumps(summary["scores"], indent=1))
