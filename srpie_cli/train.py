@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
 
     # ---- the loop
     start = time.time()
-    seconds0 = seconds
+    seconds0, step0 = seconds, step
     last_res: dict = {}
     while step < cfg.steps:
         if cfg.minutes is not None and (time.time() - start) / 60 >= cfg.minutes:
@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         step += 1
         seconds = seconds0 + time.time() - start
         if step % 20 == 0:
-            log(f"step {step} loss {loss.item():.5f} lr {lr:.2e} {seconds / 60:.1f} min")
+            eta = (cfg.steps - step) * (seconds - seconds0) / max(1, step - step0) / 60
+            log(f"step {step}/{cfg.steps} loss {loss.item():.5f} lr {lr:.2e} {seconds / 60:.1f} min, ETA {eta:.0f} min")
         if step % cfg.val_every == 0 or step == cfg.steps:
             last_res = validate()
             history.append({"step": step, **last_res})
