@@ -21,6 +21,12 @@ class Score:
     ssim: float
     bicubic_psnr: float
     bicubic_ssim: float
+    colour_shift: float  # max over R, G, B of |mean(model) - mean(bicubic)|, in 8-bit levels
+
+
+def colour_shift(out: np.ndarray, bicubic: np.ndarray) -> float:
+    """How far the model moved the overall colour and exposure from a plain upscale."""
+    return float(np.abs(out.reshape(-1, 3).mean(0) - bicubic.reshape(-1, 3).mean(0)).max() * 255.0)
 
 
 def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -54,7 +60,8 @@ def evaluate_sr(model, folder: Path, opts: TileOptions = TileOptions(tile=0)) ->
         lr = bicubic_lr(hr, s)
         out, bic, ref = run_model(model, lr, opts), to_float(bicubic_up(lr, s)), to_float(hr)
         kw = dict(crop_border=s, y_channel=True)
-        scores.append(Score(path.stem, psnr(out, ref, **kw), ssim(out, ref, **kw), psnr(bic, ref, **kw), ssim(bic, ref, **kw)))
+        scores.append(Score(path.stem, psnr(out, ref, **kw), ssim(out, ref, **kw), psnr(bic, ref, **kw),
+                            ssim(bic, ref, **kw), colour_shift(out, bic)))
     return scores
 
 
@@ -65,10 +72,11 @@ def evaluate_pairs(model, pairs: PairSet, opts: TileOptions = TileOptions(tile=0
     for name, (lr, hr) in zip(pairs.names, pairs.pairs):
         lr_u8 = (lr * 255 + 0.5).astype(np.uint8)
         out, bic = run_model(model, lr_u8, opts), to_float(bicubic_up(lr_u8, s))
-        scores.append(Score(Path(name).stem, psnr(out, hr), ssim(out, hr), psnr(bic, hr), ssim(bic, hr)))
+        scores.append(Score(Path(name).stem, psnr(out, hr), ssim(out, hr), psnr(bic, hr), ssim(bic, hr),
+                            colour_shift(out, bic)))
     return scores
 
 
 def mean_score(scores: list[Score]) -> dict[str, float]:
-    keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+    keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "colour_shift")
     return {k: float(np.mean([getattr(s, k) for s in scores])) for k in keys}
