@@ -1,0 +1,53 @@
+"""Smoke test of the benchmark: the quick run works and its figures are sane (never timing
+thresholds: speed is judged by the benchmark's own in-process ratios, by hand)."""
+
+import math
+
+import pytest
+
+from benchmarks.bench import QUICK, Sizes, main, tile_overhead
+from srpie_cli.tiling import TileOptions
+
+TINY = Sizes(**{**QUICK.__dict__, "tile": 24, "peer": 16, "image": (40, 56),
+                "tile_opts": TileOptions(tile=32, overlap=8), "bicubic": (64, 64), "matmul": 128, "reps": 1,
+                "memory": (("tiny", 20, 28, "fast"),), "compile": False})
+
+
+@pytest.fixture(scope="module")
+def report():
+    return main(["--threads", "1"], sizes=TINY)
+
+
+def test_every_section_reports_positive_finite_figures(report):
+    assert report["peak_gflops"] > 0
+    for section in ("network", "peers", "tiled"):
+        assert report[section]
+        for row in report[section].values():
+            assert row["mp_s"] > 0 and math.isfinite(row["mp_s"]) and row["gflops"] > 0
+    for row in report["e2e"].values():
+        assert row["seconds"] > 0 and 0 <= row["io_share"] < 1
+    assert report["bicubic"]["mp_s"] > 0
+    assert 0.1 < report["memory"]["tiny"]["peak_gb"] < 8
+
+
+def test_flop_counts_match_the_architectures(report):
+    peers = report["peers"]
+    # FLOPs per input pixel follow from the layer widths: RRDBNet x2 ~9 GFLOP/MP and 16.7 M
+    # parameters; srpie paper ~1.6 GFLOP/MP, fast about a fifth of it
+    assert 8000 < peers["RRDBNet x2 (Real-ESRGAN x2plus)"]["gflop_per_mp"] < 10000
+    assert 16e6 < peers["RRDBNet x2 (Real-ESRGAN x2plus)"]["params"] < 17.5e6
+    assert 1400 < peers["srpie paper"]["gflop_per_mp"] < 1800
+    assert 3 < peers["srpie paper"]["gflop_per_mp"] / peers["srpie fast"]["gflop_per_mp"] < 6
+    assert all(0.3e6 < peers[k]["params"] < 2e6 for k in ("SRVGGNetCompact x2", "IMDN x2"))
+
+
+def test_ratios_are_reported_for_every_target(report):
+    keys = " ".join(report["ratios"])
+    for target in (">= 2", ">= 3", ">= 5", "<= 1.15", "< 3"):
+        assert target in keys
+    assert all(v > 0 for v in report["ratios"].values())
+
+
+def test_tile_overhead_from_the_layout():
+    assert tile_overhead(300, 200) == 1  # one tile: no overhead
+    assert 1 < tile_overhead(4000, 6000) < tile_overhead(3000, 4000) < 1.5
