@@ -74,6 +74,7 @@ def train(
     pairs: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of real pairs: before/ and after/ subfolders; repeatable.")] = None,
     sr_only: Annotated[bool, typer.Option("--sr-only", help="Synthetic pairs get bicubic downscaling only (pure super-resolution).")] = False,
     preset: Annotated[Preset, typer.Option(help="Network size.")] = Preset.paper,
+    global_skip: Annotated[bool, typer.Option(help="Residual on bicubic (an untrained net starts at bicubic); off only for the ablation.")] = True,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
     recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
@@ -100,7 +101,7 @@ def train(
         if value is not None:
             rec[name] = value
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, init=init, steps=steps,
+                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, steps=steps,
                       minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout,
                       pair_fraction=pair_fraction, val_every=val_every, resume=resume, threads=threads,
                       seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)

@@ -36,6 +36,7 @@ class TrainConfig:
     pairs: list[Path] = field(default_factory=list)  # folders of real (before, after) pairs
     enhance: bool = True  # synthetic pairs get exposure/colour/noise damage (False: pure SR)
     preset: str = "paper"
+    global_skip: bool = True  # off only to measure what it is worth
     init: str | None = None  # weights to start from (fine-tuning)
     steps: int = 2000
     minutes: float | None = None  # stop after this wall time (the schedule still spans `steps`)
@@ -100,7 +101,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         model, _ = load_model(cfg.init)
         model.train()
     else:
-        model = DeepSRPIE(config_for(cfg.preset))
+        model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip))
     scale = model.scale
     pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout) if cfg.pairs else (None, None)
     loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)
