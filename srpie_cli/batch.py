@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -317,7 +317,7 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
         a = torch.from_numpy(images.to_float(photo.alpha))[None, None]
         a = F.interpolate(a, scale_factor=model.scale, mode="bicubic", align_corners=False)
         alpha = images.from_float(a[0, 0].numpy(), photo.bits)
-    return Photo(pixels, alpha, photo.exif, photo.icc, photo.xmp, photo.source_format, list(photo.notes))
+    return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
 
 
 # errors one file can raise without the batch being wrong: reported for that file

@@ -3,7 +3,8 @@
 A ``Photo`` holds the pixels already turned upright (the EXIF orientation is applied once,
 here, and the tag reset to 1 so no viewer rotates twice), as uint8 or uint16 RGB channels
 last, an optional alpha plane, and the metadata to carry over: the EXIF as a ``piexif``
-dict, the ICC profile and the XMP packet.
+dict, the ICC profile, the XMP packet and the Photoshop image resources that hold IPTC
+(captions, credit, keywords), read from JPEG and TIFF and written to JPEG and TIFF.
 
 Reading refuses what it cannot do well with an ``SrpieError`` naming the reason (corrupt,
 truncated, not an image, larger than ``max_megapixels``). Writing always goes through a
@@ -67,6 +68,7 @@ class Photo:
     icc: bytes | None = None
     xmp: bytes | None = None
     source_format: str = ""
+    iptc: bytes | None = None  # Photoshop image resources ("8BIM" blocks: IPTC), thumbnail dropped
     notes: list[str] = field(default_factory=list)  # what was not carried over, and why
 
     @property
@@ -207,6 +209,66 @@ def clean_xmp(xmp: bytes | None, width: int, height: int) -> bytes | None:
     return xmp
 
 
+_PS_HEADER = b"Photoshop 3.0\0"  # opens a JPEG APP13 segment of Photoshop image resources
+_IRB_THUMBNAILS = {0x0409, 0x040C}  # resources holding a thumbnail of the old pixels
+_IRB_IPTC = 0x0404
+
+
+def clean_irb(irb: bytes | None, notes: list[str]) -> bytes | None:
+    """Photoshop image resources (the "8BIM" blocks that hold IPTC captions, credit and
+    keywords) without the embedded thumbnail, which would show the old photo."""
+    if not irb:
+        return None
+    kept, at = [], 0
+    while at < len(irb):
+        if irb[at:at + 4] != b"8BIM" or at + 8 > len(irb):
+            notes.append("Photoshop/IPTC block unreadable, not carried over")
+            return None
+        rid = int.from_bytes(irb[at + 4:at + 6], "big")
+        name_end = at + 6 + ((irb[at + 6] + 2) & ~1)  # Pascal name padded to an even length
+        size = int.from_bytes(irb[name_end:name_end + 4], "big")
+        end = name_end + 4 + size + (size & 1)  # data padded to an even length
+        if name_end + 4 + size > len(irb):
+            notes.append("Photoshop/IPTC block truncated, not carried over")
+            return None
+        if rid not in _IRB_THUMBNAILS:
+            kept.append(irb[at:end].ljust(end - at, b"\0"))
+        at = end
+    return b"".join(kept) or None
+
+
+def _iptc_as_irb(iptc: bytes | None) -> bytes | None:
+    """A bare IPTC-NAA record (TIFF tag 33723) as one image resource."""
+    if not iptc:
+        return None
+    return b"8BIM" + struct.pack(">HHI", _IRB_IPTC, 0, len(iptc)) + iptc + b"\0" * (len(iptc) & 1)
+
+
+def _irb_iptc(irb: bytes) -> bytes | None:
+    """The IPTC-NAA record inside image resources (for TIFF tag 33723)."""
+    at = 0
+    while at + 12 <= len(irb):
+        rid = int.from_bytes(irb[at + 4:at + 6], "big")
+        name_end = at + 6 + ((irb[at + 6] + 2) & ~1)
+        size = int.from_bytes(irb[name_end:name_end + 4], "big")
+        if rid == _IRB_IPTC:
+            return irb[name_end + 4:name_end + 4 + size]
+        at = name_end + 4 + size + (size & 1)
+    return None
+
+
+def _tag_bytes(tags, code: int, byteorder: str) -> bytes | None:
+    """A TIFF tag's raw value bytes: BYTE/UNDEFINED, or LONG as Photoshop types 33723."""
+    if code not in tags:
+        return None
+    tag = tags[code]
+    if isinstance(tag.value, bytes):
+        return tag.value
+    if tag.dtype == 4 and isinstance(tag.value, tuple):
+        return struct.pack(f"{byteorder}{len(tag.value)}I", *tag.value)
+    return None
+
+
 def _xmp_bytes(x) -> bytes | None:
     if not x:
         return None
@@ -228,10 +290,14 @@ def read_photo(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
         if kind == "tiff":
             return _read_tiff(path, max_megapixels)
         return _read_pillow(path, max_megapixels)
-    except (PermissionError, IsADirectoryError) as e:
-        raise SrpieError(f"{path}: cannot read ({e.strerror})") from None
+    except SrpieError:
+        raise
     except MemoryError:
         raise SrpieError(f"{path}: not enough memory to decode it") from None
+    except OSError as e:  # unreadable, vanished, a folder named .jpg, an I/O error
+        raise SrpieError(f"{path}: cannot read ({e.strerror or _short(e)})") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise anything on malformed data (KeyError, TypeError...)
+        raise SrpieError(f"{path}: corrupt or unreadable ({type(e).__name__}: {_short(e)})") from None
 
 
 def _read_pillow(path: Path, max_megapixels: float) -> Photo:
@@ -247,6 +313,8 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
                 exif = _parse_exif(info.get("exif"), notes)
                 icc = info.get("icc_profile")
                 xmp = _xmp_bytes(info.get("xmp") or info.get("XML:com.adobe.xmp"))
+                irb = b"".join(d[len(_PS_HEADER):] for m, d in getattr(im, "applist", [])
+                               if m == "APP13" and d.startswith(_PS_HEADER))
                 rgb, alpha, icc = _to_rgb(im, icc, notes)
     except Image.DecompressionBombError:
         raise SrpieError(f"{path}: refused: too many pixels (a decompression bomb)") from None
@@ -260,7 +328,7 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
         notes.append("16-bit RGB PNG read at 8 bits (Pillow holds no deeper RGB); use TIFF for 16-bit")
     o = _orientation(exif)
     return Photo(orient(rgb, o), orient(alpha, o) if alpha is not None else None, exif,
-                 _rgb_icc(icc, notes), xmp, fmt or "image", notes)
+                 _rgb_icc(icc, notes), xmp, fmt or "image", clean_irb(irb, notes), notes)
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -304,15 +372,18 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
     import tifffile
 
     notes: list[str] = []
+    bits = 0
     try:
         with tifffile.TiffFile(path) as tf:
             page = tf.pages.first
+            bits = page.bitspersample
             shape = page.shape
             h, w = page.imagelength, page.imagewidth
             _check_size(path, w, h, max_megapixels)
             tags = page.tags
             icc = tags[34675].value if 34675 in tags else None
             xmp = _xmp_bytes(tags[700].value) if 700 in tags else None
+            irb = _tag_bytes(tags, 34377, tf.byteorder) or _iptc_as_irb(_tag_bytes(tags, 33723, tf.byteorder))
             photometric = int(page.photometric)
             extrasamples = tuple(page.extrasamples) if page.extrasamples is not None else ()
             a = page.asarray()
@@ -321,9 +392,12 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
     except (tifffile.TiffFileError, ValueError, KeyError, IndexError, OSError, struct.error, NotImplementedError) as e:
         # compressions tifffile cannot decode without imagecodecs (LZW, JPEG...): Pillow reads 8-bit ones
         try:
-            return _read_pillow(path, max_megapixels)
+            photo = _read_pillow(path, max_megapixels)
         except SrpieError:
             raise SrpieError(f"{path}: corrupt or unsupported TIFF ({_short(e)})") from None
+        if bits > photo.bits:  # Pillow holds no RGB deeper than 8 bits: say so, never silently
+            photo.notes.append(f"{bits}-bit TIFF read at {photo.bits} bits ({_short(e)})")
+        return photo
     if a.dtype not in (np.uint8, np.uint16):
         raise SrpieError(f"{path}: unsupported TIFF sample type {a.dtype} (8 or 16-bit integers only)")
     if page.planarconfig == 2 and a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):
@@ -350,7 +424,7 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
     o = _orientation(exif)
     rgb = orient(np.ascontiguousarray(rgb), o)
     alpha = orient(np.ascontiguousarray(alpha), o) if alpha is not None else None
-    return Photo(rgb, alpha, exif, _rgb_icc(icc, notes), xmp, "tiff", notes)
+    return Photo(rgb, alpha, exif, _rgb_icc(icc, notes), xmp, "tiff", clean_irb(irb, notes), notes)
 
 
 def _read_raw(path: Path, max_megapixels: float) -> Photo:
@@ -371,7 +445,7 @@ def _read_raw(path: Path, max_megapixels: float) -> Photo:
     except (rawpy.LibRawError, OSError, ValueError) as e:
         raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({_short(e)})") from None
     exif, xmp = raw_metadata(path, notes)
-    return Photo(np.ascontiguousarray(rgb), None, exif, srgb_profile(), xmp, "raw", notes)
+    return Photo(np.ascontiguousarray(rgb), None, exif, srgb_profile(), xmp, "raw", notes=notes)
 
 
 @functools.lru_cache(maxsize=1)
@@ -455,20 +529,27 @@ def output_format(source: str, requested: str | None) -> str:
     return "tiff" if source == "raw" else source
 
 
-def write_photo(path: str | os.PathLike, photo: Photo, fmt: str, quality: int = DEFAULT_QUALITY,
-                source_size: tuple[int, int] | None = None) -> list[str]:
+def write_photo(path: str | os.PathLike, photo: Photo, fmt: str, quality: int = DEFAULT_QUALITY) -> list[str]:
     """Write ``photo`` atomically as ``fmt``; returns notes about metadata not carried over.
-    JPEG and WebP are 8-bit (16-bit data is rounded down to 8); PNG is 8-bit RGB; TIFF keeps
-    the photo's bit depth."""
+    JPEG and WebP are 8-bit (16-bit data is rounded to 8, with a note); PNG is 8-bit RGB;
+    TIFF keeps the photo's bit depth. OSError (a full disk) propagates as it is; anything
+    else the encoders raise on odd metadata becomes an SrpieError naming the file."""
     path = Path(path)
     notes: list[str] = []
     w, h = photo.size
     if fmt == "jpeg" and photo.alpha is not None:
         raise SrpieError(f"{path.name}: has an alpha channel, which JPEG cannot hold: use --format png or tiff")
+    if photo.iptc and fmt not in ("jpeg", "tiff"):
+        notes.append(f"IPTC not carried over ({fmt.upper()} cannot hold it)")
     exif = clean_exif(photo.exif, w, h, notes)
     xmp = clean_xmp(photo.xmp, w, h)
     writer = {"jpeg": _write_pillow, "png": _write_pillow, "webp": _write_pillow, "tiff": _write_tiff}[fmt]
-    atomic_write(path, lambda f: writer(f, photo, fmt, quality, exif, xmp, notes))
+    try:
+        atomic_write(path, lambda f: writer(f, photo, fmt, quality, exif, xmp, notes))
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - metadata from the input can trip the encoders
+        raise SrpieError(f"{path.name}: cannot encode ({type(e).__name__}: {_short(e)})") from None
     return notes
 
 
@@ -528,6 +609,12 @@ def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict | None, xm
     exif_bytes = _dump_exif(exif, notes, limit=65000 if fmt == "jpeg" else None)
     if exif_bytes:
         kw["exif"] = exif_bytes
+    if fmt == "jpeg" and photo.iptc:
+        app13 = _PS_HEADER + photo.iptc
+        if len(app13) <= 65533:  # one segment; its length field counts itself
+            kw["extra"] = b"\xff\xed" + struct.pack(">H", 2 + len(app13)) + app13
+        else:
+            notes.append("IPTC dropped (larger than a JPEG segment holds)")
     im.save(f, format=fmt.upper(), **kw)
 
 
@@ -566,6 +653,10 @@ def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict | None, xmp:
         extratags.append((34675, 7, len(photo.icc), photo.icc, True))
     if xmp:
         extratags.append((700, 1, len(xmp), xmp, True))
+    if photo.iptc:
+        extratags.append((34377, 7, len(photo.iptc), photo.iptc, True))
+        if iptc := _irb_iptc(photo.iptc):
+            extratags.append((33723, 7, len(iptc), iptc, True))
     sub = {k: v for k, v in (("Exif", exif and exif["Exif"]), ("GPS", exif and exif["GPS"])) if v}
     for name in sub:
         extratags.append((_PLACEHOLDER[name], 4, 1, 0, True))  # patched below

@@ -216,3 +216,79 @@ def test_invalid_camera_jpegs_fail_cleanly_or_decode():
         else:
             assert photo.pixels.ndim == 3
             images.clean_exif(photo.exif, 2, 2)  # whatever EXIF survived is writable
+
+
+# ----------------------------------------------------------------------------- robustness, IPTC
+
+@pytest.mark.parametrize("exc", [KeyError("tag"), TypeError("bad"), IndexError("x"), MemoryError(),
+                                 Image.DecompressionBombError("huge"), FileNotFoundError(2, "No such file or directory")])
+def test_any_decoder_failure_is_an_srpie_error_naming_the_file(tmp_path, monkeypatch, exc):
+    p = write_jpeg(tmp_path / "a b.jpg")
+
+    def broken(*a, **kw):
+        raise exc
+
+    monkeypatch.setattr(images.Image, "open", broken)
+    with pytest.raises(SrpieError) as e:
+        images.read_photo(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and "\n" not in msg
+
+
+def test_16bit_tiff_that_only_pillow_decodes_says_it_was_read_at_8_bits(tmp_path, monkeypatch):
+    p = tmp_path / "lzw.tif"
+    tifffile.imwrite(p, pattern(6, 8, dtype=np.uint16), photometric="rgb", metadata=None)
+
+    def needs_codecs(self, *a, **kw):  # an LZW file without imagecodecs installed
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", needs_codecs)
+    photo = images.read_photo(p)
+    assert photo.bits == 8 and any("16-bit TIFF read at 8 bits" in n for n in photo.notes)
+
+
+def _iptc_jpeg(path: Path) -> bytes:
+    """A camera JPEG with a Photoshop APP13: IPTC caption and credit, and a stale thumbnail."""
+    def record(dataset, data):
+        return b"\x1c\x02" + bytes([dataset]) + struct.pack(">H", len(data)) + data
+
+    def block(rid, data):
+        return b"8BIM" + struct.pack(">HHI", rid, 0, len(data)) + data + b"\0" * (len(data) & 1)
+
+    iptc = record(120, "Bride & groom, café".encode()) + record(110, b"Studio X")
+    app13 = b"Photoshop 3.0\0" + block(0x0404, iptc) + block(0x040C, b"old thumbnail")
+    write_jpeg(path, 24, 32, extra=b"\xff\xed" + struct.pack(">H", 2 + len(app13)) + app13)
+    return iptc
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "tiff"])
+def test_iptc_is_carried_to_jpeg_and_tiff_without_the_stale_thumbnail(tmp_path, fmt):
+    from PIL import IptcImagePlugin
+
+    _iptc_jpeg(tmp_path / "a.jpg")
+    photo = images.read_photo(tmp_path / "a.jpg")
+    out = tmp_path / f"o.{fmt}"
+    images.write_photo(out, photo, fmt)
+    with Image.open(out) as im:
+        assert IptcImagePlugin.getiptcinfo(im) == {(2, 120): "Bride & groom, café".encode(), (2, 110): b"Studio X"}
+        if fmt == "jpeg":
+            assert set(im.info["photoshop"]) == {0x0404}  # the thumbnail resource is gone
+    assert b"old thumbnail" not in out.read_bytes()
+
+
+def test_iptc_to_png_is_a_note_not_silence(tmp_path):
+    _iptc_jpeg(tmp_path / "a.jpg")
+    notes = images.write_photo(tmp_path / "o.png", images.read_photo(tmp_path / "a.jpg"), "png")
+    assert any("IPTC" in n for n in notes)
+
+
+def test_encoder_failure_on_odd_metadata_is_an_srpie_error_and_leaves_nothing(tmp_path, monkeypatch):
+    photo = images.read_photo(write_jpeg(tmp_path / "a.jpg"))
+
+    def odd(*a, **kw):
+        raise TypeError("unexpected tag value")
+
+    monkeypatch.setattr(images, "_write_tiff", odd)
+    with pytest.raises(SrpieError, match="o.tif: cannot encode .TypeError"):
+        images.write_photo(tmp_path / "o.tif", photo, "tiff")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
