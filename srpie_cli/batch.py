@@ -153,13 +153,11 @@ def _out_suffix(src: Path, source_kind: str, fmt: str) -> str:
     return images.OUT_SUFFIX[fmt]
 
 
-def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = None,
-         raw_jpeg: str = "raw", overwrite: bool = False) -> Plan:
-    """Decide every output path, which files to skip and why. Raises UsageError for bad
-    paths; the output folders are not created here (see ``prepare_outputs``)."""
+def output_roots(inputs: Sequence[Path], output: Path | None, raw_jpeg: str = "raw") -> list[Path]:
+    """The output folder of each input. UsageError for bad paths or options: all that can
+    be refused before any folder is created."""
     if raw_jpeg not in ("raw", "jpeg", "both"):
         raise UsageError(f"--raw-jpeg must be raw, jpeg or both, not {raw_jpeg!r}")
-    inputs = [Path(p) for p in inputs]
     if not inputs:
         raise UsageError("no input: give photo files or folders")
     for p in inputs:
@@ -173,10 +171,19 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
             roots.append(Path(output))
         else:
             roots.append(Path(output) / p.resolve().name)
-    skip = {r.resolve() for r in roots}
     for p, r in zip(inputs, roots):
         if p.is_dir() and r.resolve() == p.resolve():
             raise UsageError(f"{r}: the output folder is the input folder; give another -o")
+    return roots
+
+
+def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = None,
+         raw_jpeg: str = "raw", overwrite: bool = False) -> Plan:
+    """Decide every output path, which files to skip and why. Raises UsageError for bad
+    paths; the output folders are not created here (see ``prepare_outputs``)."""
+    inputs = [Path(p) for p in inputs]
+    roots = output_roots(inputs, output, raw_jpeg)
+    skip = {r.resolve() for r in roots}
 
     results: list[FileResult] = []
     sources: list[tuple[Path, Path]] = []  # (file, its output root / relative folder)
@@ -320,6 +327,28 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
 
 
+def load_for_inference(settings: Settings, warn: Callable[[str], None]):
+    """(model on its device, its metadata, the device, the settings it runs with): threads
+    set, ``--half`` dropped with a warning off CUDA, an untrained model announced."""
+    import torch  # imported here: planning and --help stay fast
+
+    from srpie_cli.tiling import pick_device
+    from srpie_cli.weights import load_model
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model, meta = load_model(settings.model)
+    device = pick_device(settings.device)
+    if settings.half and device.type != "cuda":
+        warn("--half needs a CUDA device; running in float32 on the CPU")
+        settings = replace(settings, half=False)
+    model.to(device)
+    if meta.get("untrained"):
+        warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
+             "is a plain bicubic 2x upscale, not an enhancement")
+    return model, meta, device, settings
+
+
 # errors one file can raise without the batch being wrong: reported for that file
 FILE_ERRORS = (SrpieError, OSError, ValueError, RuntimeError, MemoryError)
 
@@ -341,28 +370,13 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         results: list[FileResult] | None = None) -> list[FileResult]:
     """Enhance every job of the plan; returns one result per file (the plan's own first),
     appended to ``results`` as they come, so an interrupted run still knows what it did."""
-    import torch  # imported here: planning and --help stay fast
-
-    from srpie_cli.tiling import pick_device
-    from srpie_cli.weights import load_model
-
     listener = listener or Listener()
     results = [] if results is None else results
     results.extend(p.results)
     for r in p.results:
         listener.file_done(r)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    model, meta = load_model(settings.model)
-    device = pick_device(settings.device)
-    if settings.half and device.type != "cuda":
-        listener.warn("--half needs a CUDA device; running in float32 on the CPU")
-        settings = Settings(**{**asdict(settings), "half": False})
-    model.to(device)
+    model, meta, device, settings = load_for_inference(settings, listener.warn)
     listener.start(len(p.jobs), meta, str(device))
-    if meta.get("untrained"):
-        listener.warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
-                      "is a plain bicubic 2x upscale, not an enhancement")
 
     def decode(job: Job) -> tuple[Photo, float]:
         t = time.perf_counter()
@@ -483,15 +497,18 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     interrupted: SIGINT and SIGTERM raise ``Interrupted`` after the report is written)."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
-    p = plan(inputs, output, fmt, raw_jpeg, overwrite)
+    inputs = [Path(i) for i in inputs]
+    roots = output_roots(inputs, output, raw_jpeg)
     if report is not None:
         report = Path(report)
         if not report.parent.is_dir():
             raise UsageError(f"{report}: its folder does not exist")
-    prepare_outputs(p.out_roots)
+    prepare_outputs(roots)
     results: list[FileResult] = []
     interrupted: Interrupted | None = None
-    with OutputLock(p.out_roots), _signals_raise():
+    with OutputLock(roots), _signals_raise():
+        # planned under the lock: what a run that just finished wrote is skipped, not redone
+        p = plan(inputs, output, fmt, raw_jpeg, overwrite)
         try:
             run(p, settings, listener, results)
         except Interrupted as e:

@@ -156,12 +156,12 @@ def _rgb_icc(icc: bytes | None, notes: list[str]) -> bytes | None:
     return icc
 
 
-def clean_exif(exif: dict | None, width: int, height: int, notes: list[str] | None = None) -> dict | None:
+def clean_exif(exif: dict | None, width: int, height: int, notes: list[str] | None = None) -> dict:
     """The EXIF to write with an output of ``width`` x ``height``: layout tags and the stale
     thumbnail dropped, orientation 1, pixel dimensions and Software updated; tags piexif
-    cannot write (unknown or malformed) left out, and counted in ``notes``."""
-    if exif is None:
-        return None
+    cannot write (unknown or malformed) left out, and counted in ``notes``. An input without
+    EXIF gets those four tags alone, so every output names srpie and its size."""
+    exif = exif or {}
     out: dict = {"0th": {}, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
     dropped = 0
     for ifd in ("0th", "Exif", "GPS", "Interop"):
@@ -582,7 +582,7 @@ def _to8(a: np.ndarray) -> np.ndarray:
     return np.rint(a / np.float32(257.0)).astype(np.uint8)  # 65535 / 255 = 257 exactly
 
 
-def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict | None, xmp: bytes | None, notes: list[str]) -> None:
+def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes | None, notes: list[str]) -> None:
     rgb = _to8(photo.pixels)
     if photo.alpha is not None:
         im = Image.fromarray(np.dstack([rgb, _to8(photo.alpha)]), "RGBA")
@@ -633,14 +633,14 @@ def _dump_exif(exif: dict | None, notes: list[str], limit: int | None = None) ->
     return b
 
 
-def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict | None, xmp: bytes | None, notes: list[str]) -> None:
+def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes | None, notes: list[str]) -> None:
     """tifffile writes the pixels (8 or 16-bit, deflate) with IFD0's descriptive tags; the
     Exif and GPS IFDs are appended after it and their pointers patched in."""
     import tifffile
 
     data = photo.pixels if photo.alpha is None else np.dstack([photo.pixels, photo.alpha])
-    ifd0 = dict(exif["0th"]) if exif else {_ORIENT: 1, _SOFTWARE: f"srpie {__version__}".encode()}
-    software = ifd0.pop(_SOFTWARE, b"").decode("latin-1") or f"srpie {__version__}"
+    ifd0 = dict(exif["0th"])
+    software = ifd0.pop(_SOFTWARE).decode("latin-1")
     description = ifd0.pop(270, None)
     dt = ifd0.pop(306, None)
     extratags = []
@@ -657,7 +657,7 @@ def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict | None, xmp:
         extratags.append((34377, 7, len(photo.iptc), photo.iptc, True))
         if iptc := _irb_iptc(photo.iptc):
             extratags.append((33723, 7, len(iptc), iptc, True))
-    sub = {k: v for k, v in (("Exif", exif and exif["Exif"]), ("GPS", exif and exif["GPS"])) if v}
+    sub = {k: exif[k] for k in ("Exif", "GPS") if exif[k]}
     for name in sub:
         extratags.append((_PLACEHOLDER[name], 4, 1, 0, True))  # patched below
     res = ifd0.get(282)

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from srpie_cli import SrpieError
 from srpie_cli import images
-from srpie_cli.batch import Settings, enhance_photo
+from srpie_cli.batch import Settings, enhance_photo, load_for_inference
 
 GAP = 8  # pixels between panels
 LABEL_H = 18  # caption band above each panel
@@ -69,9 +69,6 @@ def preview(*, photo: Path, output: Path | None = None, settings: Settings = Set
             zoom: int = 3, at: tuple[float, float] | None = None, log=lambda m: None) -> Path:
     """Write the comparison sheet for ``photo`` (PNG or JPEG by the output's extension) and
     return its path; default ``<name>_srpie_preview.png`` beside the photo."""
-    from srpie_cli.tiling import pick_device
-    from srpie_cli.weights import load_model
-
     photo = Path(photo)
     output = Path(output) if output else photo.with_name(f"{photo.stem}_srpie_preview.png")
     if output.resolve() == photo.resolve():
@@ -80,17 +77,7 @@ def preview(*, photo: Path, output: Path | None = None, settings: Settings = Set
     if fmt is None:
         raise SrpieError(f"{output}: the preview is written as .png or .jpg")
     src = images.read_photo(photo, settings.max_megapixels)
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
-    model, meta = load_model(settings.model)
-    if meta.get("untrained"):
-        log(f"model {meta.get('name')} is UNTRAINED: its output is a plain bicubic upscale")
-    device = pick_device(settings.device)
-    model.to(device)
-    if settings.half and device.type != "cuda":
-        log("--half needs a CUDA device; running in float32 on the CPU")
+    model, _, _, settings = load_for_inference(settings, log)
     after = enhance_photo(model, src, settings)
     before = bicubic2x(src, model.scale)
     a8 = images.from_float(images.to_float(after.pixels), 8)

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from srpie_cli import images
+from srpie_cli import __version__, images
 from srpie_cli.cli import app
-from tests.conftest import BAD, GOOD, MAKE, PAIR_JPEG, digest, srgb_icc, write_jpeg
+from tests.conftest import BAD, DATE, GOOD, GPS, MAKE, MODEL, PAIR_JPEG, digest, srgb_icc, write_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -46,13 +46,22 @@ def test_a_whole_shoot(shoot, tiny_model, tmp_path):
         assert files[rel]["output"] == str(dst)
         photo = images.read_photo(dst)
         assert photo.size == (2 * w, 2 * h), rel  # exactly 2x the upright input
-    # metadata: the camera JPEG (orientation 6, GPS, ICC)
-    cam = images.read_photo(out / "day1/IMG_0001.jpg")
-    assert cam.exif["0th"][piexif.ImageIFD.Make] == MAKE
-    assert cam.exif["0th"][piexif.ImageIFD.Orientation] == 1
-    assert cam.exif["GPS"][piexif.GPSIFD.GPSLatitudeRef] == b"N"
-    assert cam.exif["Exif"][piexif.ExifIFD.PixelXDimension] == 48
-    assert cam.icc == srgb_icc()
+        # every output says who made it, is upright as stored, and knows its new size
+        z = photo.exif["0th"]
+        assert z[piexif.ImageIFD.Software] == f"srpie {__version__}".encode(), rel
+        assert z.get(piexif.ImageIFD.Orientation, 1) == 1, rel
+        px = photo.exif["Exif"]
+        assert (px[piexif.ExifIFD.PixelXDimension], px[piexif.ExifIFD.PixelYDimension]) == (2 * w, 2 * h), rel
+        assert not photo.exif["thumbnail"], rel
+    # metadata: the camera JPEGs (one with orientation 6 and a thumbnail; GPS, ICC)
+    for name in ("IMG_0001.jpg", "IMG_0002.JPG"):
+        cam = images.read_photo(out / "day1" / name)
+        z, e = cam.exif["0th"], cam.exif["Exif"]
+        assert (z[piexif.ImageIFD.Make], z[piexif.ImageIFD.Model]) == (MAKE, MODEL)
+        assert z[piexif.ImageIFD.Copyright] == b"(c) Studio" and e[piexif.ExifIFD.DateTimeOriginal] == DATE
+        assert e[piexif.ExifIFD.LensModel] == b"RF24-70mm F2.8" and e[piexif.ExifIFD.ExposureTime] == (1, 250)
+        assert cam.exif["GPS"] == GPS
+        assert cam.icc == srgb_icc()
     with Image.open(out / "day1/IMG_0001.jpg") as im:  # 4:4:4 chroma
         assert im.layer[0][1:3] == im.layer[1][1:3] == (1, 1)
     assert images.read_photo(out / "day1/sub dir/café ñ.png").alpha is not None
@@ -61,9 +70,11 @@ def test_a_whole_shoot(shoot, tiny_model, tmp_path):
     raw = images.read_photo(out / "raw/IMG_0100.tif")
     assert raw.bits == 16 and raw.exif["0th"][piexif.ImageIFD.Make] == MAKE  # EXIF from the RAW container
 
+    failed_lines = [line for line in r.stderr.splitlines() if line.startswith("failed ")]
     for rel, why in BAD.items():
-        assert files[rel]["status"] == "failed" and files[rel]["reason"], rel
-        assert rel.split("/")[-1] in r.output  # named on stderr, one line each
+        assert files[rel]["status"] == "failed" and why in files[rel]["reason"], files[rel]
+        # named on stderr, with the reason, on one line
+        assert any(str(shoot / rel) in line and why in line for line in failed_lines), (rel, failed_lines)
         assert not (out / rel).exists()
     assert files[PAIR_JPEG]["status"] == "skipped" and "RAW+JPEG" in files[PAIR_JPEG]["reason"]
     assert not any(".hidden" in k or ".cache" in k for k in files)
