@@ -455,13 +455,14 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         for _, f in decoding:
             f.cancel()
         pool.shutdown(wait=True, cancel_futures=True)  # writes in flight end complete or removed
-        while writing:
-            res, job, fut = writing.popleft()
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                res.status, res.output = "done", str(job.dst)
-            else:
+        while writing:  # every write has ended (complete, or removed) or never started
+            item = writing.popleft()
+            if item[2].cancelled():
+                res = item[0]
                 res.status, res.reason = "interrupted", "not done: the run was interrupted"
-            results.append(res)
+                results.append(res)
+            else:
+                finish_write(item)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

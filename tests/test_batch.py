@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import piexif
 import pytest
 from PIL import Image
 
@@ -192,3 +193,93 @@ def test_defaults_follow_the_tiling_module():
     assert (Settings().tile, Settings().overlap) == (tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
     params = inspect.signature(enhance).parameters
     assert (params["tile"].default, params["overlap"].default) == (tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
+
+
+def test_planned_under_the_lock_so_a_run_that_just_finished_is_not_redone(tmp_path, tiny_model, monkeypatch):
+    write_jpeg(tmp_path / "s/a.jpg", 8, 8)
+    write_jpeg(tmp_path / "s/b.jpg", 8, 8, seed=1)
+    real_enter = batch.OutputLock.__enter__
+
+    def enter(self):  # the other run wrote a.jpg while this one waited to start
+        (tmp_path / "o/a.jpg").write_bytes(b"written by the other run")
+        return real_enter(self)
+
+    monkeypatch.setattr(batch.OutputLock, "__enter__", enter)
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    by = {Path(r.input).name: r.status for r in out.results}
+    assert by == {"a.jpg": "skipped", "b.jpg": "done"}
+    assert (tmp_path / "o/a.jpg").read_bytes() == b"written by the other run"
+
+
+def test_a_file_that_trips_a_decoder_or_an_encoder_fails_alone(tmp_path, tiny_model, monkeypatch):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_jpeg(tmp_path / "s" / name, 8, 8)
+    real_read, real_write = images._read_pillow, images._write_pillow
+
+    def read(path, *a):
+        if path.name == "a.jpg":
+            raise KeyError("a tag the decoder did not expect")
+        return real_read(path, *a)
+
+    def write(f, photo, *a):
+        if photo.exif["0th"].get(piexif.ImageIFD.Make) == b"odd":
+            raise TypeError("odd metadata")
+        return real_write(f, photo, *a)
+
+    monkeypatch.setattr(images, "_read_pillow", read)
+    monkeypatch.setattr(images, "_write_pillow", write)
+    real_photo = images.read_photo
+    monkeypatch.setattr(images, "read_photo", lambda p, *a: _odd(real_photo(p, *a)) if p.name == "b.jpg" else real_photo(p, *a))
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    by = {Path(r.input).name: r for r in out.results}
+    assert by["a.jpg"].status == "failed" and "KeyError" in by["a.jpg"].reason
+    assert by["b.jpg"].status == "failed" and "TypeError: odd metadata" in by["b.jpg"].reason
+    assert by["c.jpg"].status == "done" and out.exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [batch.LOCK_NAME, "c.jpg"]
+
+
+def _odd(photo):
+    photo.exif["0th"][piexif.ImageIFD.Make] = b"odd"
+    return photo
+
+
+def test_decode_of_the_next_and_encode_of_the_previous_overlap_with_inference(tmp_path, tiny_model, monkeypatch):
+    """Enhancing photo i waits for the decode of photo i+1 to start, and the encode of photo
+    i-1 waits for enhancing photo i to start: run one after the other, the events are never
+    set and the waits report False (after a generous timeout; nothing here measures time)."""
+    import threading
+
+    n = 3
+    decoding = [threading.Event() for _ in range(n)]
+    enhancing = [threading.Event() for _ in range(n)]
+    next_decoded, next_enhanced = [], []
+    for i in range(n):
+        write_jpeg(tmp_path / f"s/{i}.jpg", 8, 8, seed=i)
+    real_read, real_write, real_enhance = images.read_photo, images.write_photo, batch.enhance_photo
+
+    def read(path, *a):
+        decoding[int(path.stem)].set()
+        return real_read(path, *a)
+
+    def write(path, *a, **kw):
+        i = int(path.stem)
+        if i + 1 < n:
+            next_enhanced.append(enhancing[i + 1].wait(WAIT))
+        return real_write(path, *a, **kw)
+
+    def enhance_photo(model, photo, settings, **kw):
+        i = len(next_decoded)
+        enhancing[i].set()
+        if i + 1 < n:
+            next_decoded.append(decoding[i + 1].wait(WAIT))
+        return real_enhance(model, photo, settings, **kw)
+
+    monkeypatch.setattr(images, "read_photo", read)
+    monkeypatch.setattr(images, "write_photo", write)
+    monkeypatch.setattr(batch, "enhance_photo", enhance_photo)
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert out.count("done") == n
+    assert next_decoded == [True] * (n - 1) and next_enhanced == [True] * (n - 1)
+
+
+WAIT = 30  # seconds: only reached when the overlap is missing
