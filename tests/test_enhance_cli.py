@@ -174,3 +174,49 @@ def test_killed_run_leaves_no_partial_output_and_the_next_run_finishes(tmp_path,
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("*.jpg"))) == n
     assert "done" in r.stdout and f"skipped │ {len(done)}" in r.stdout
+
+
+def test_preview_sheet_puts_bicubic_left_srpie_right_and_their_crops_below():
+    from srpie_cli.preview import GAP, LABEL_H, sheet
+
+    h, w = 40, 60
+    before = np.zeros((h, w, 3), np.uint8)
+    after = np.full((h, w, 3), 255, np.uint8)
+    after[10:20, 30:40] = (0, 0, 255)  # the crop centre is blue in the srpie panel only
+    im = np.asarray(sheet(before, after, crop=10, zoom=3, at=(35 / w, 15 / h)))
+    top, col = GAP + LABEL_H, w + GAP  # panels at full size: the image is smaller than max_side
+    assert (im[top + 2, GAP + 2] == 0).all()  # bicubic panel
+    assert (im[top + 2, GAP + col + 2] == 255).all()  # srpie panel
+    crop_top = 2 * GAP + LABEL_H + h + LABEL_H
+    assert tuple(im[crop_top + 15, GAP + col + 15]) == (0, 0, 255)  # srpie crop, magnified: 30x30 of blue
+    assert (im[crop_top + 15, GAP + 15] == 0).all()  # bicubic crop
+    assert im.shape[:2] == (crop_top + 30 + GAP, 2 * col + GAP)
+
+
+def test_preview_with_half_on_the_cpu_warns_and_works(tmp_path, tiny_model):
+    p = write_jpeg(tmp_path / "a.jpg", 16, 16)
+    r = runner.invoke(app, ["preview", str(p), "--model", str(tiny_model), "--half", "--device", "cpu", "-o", str(tmp_path / "s.jpg")])
+    assert r.exit_code == 0, r.output
+    assert "--half needs a CUDA device" in r.stderr
+    with Image.open(tmp_path / "s.jpg") as im:
+        assert im.format == "JPEG"
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, tiny_model, monkeypatch):
+    from srpie_cli import batch
+
+    write_jpeg(tmp_path / "s/a.jpg", 8, 8)
+    (tmp_path / "o").mkdir()
+    real = Path.write_bytes
+
+    def read_only(self, data):  # as root, chmod does not stop writing: simulate the error
+        if self.parent == tmp_path / "o":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(batch, "run", lambda *a, **kw: pytest.fail("work started"))
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model)
+    assert r.exit_code == 2 and "cannot be created or written (Permission denied)" in r.stderr
+    assert r.stderr.count("\n") == 1  # one line
+    assert list((tmp_path / "o").iterdir()) == []
