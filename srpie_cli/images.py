@@ -315,6 +315,9 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
                 xmp = _xmp_bytes(info.get("xmp") or info.get("XML:com.adobe.xmp"))
                 irb = b"".join(d[len(_PS_HEADER):] for m, d in getattr(im, "applist", [])
                                if m == "APP13" and d.startswith(_PS_HEADER))
+                o = _orientation(exif)
+                if fmt == "tiff":  # recent Pillow turns a TIFF upright as it loads and drops the tag
+                    o = im.getexif().get(_ORIENT, 1)
                 rgb, alpha, icc = _to_rgb(im, icc, notes)
     except Image.DecompressionBombError:
         raise SrpieError(f"{path}: refused: too many pixels (a decompression bomb)") from None
@@ -326,7 +329,6 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
         raise SrpieError(f"{path}: corrupt or truncated ({_short(e)})") from None
     if fmt == "png" and rgb.dtype == np.uint8 and _png_bit_depth(path) == 16:
         notes.append("16-bit RGB PNG read at 8 bits (Pillow holds no deeper RGB); use TIFF for 16-bit")
-    o = _orientation(exif)
     return Photo(orient(rgb, o), orient(alpha, o) if alpha is not None else None, exif,
                  _rgb_icc(icc, notes), xmp, fmt or "image", clean_irb(irb, notes), notes)
 
@@ -397,6 +399,8 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
             raise SrpieError(f"{path}: corrupt or unsupported TIFF ({_short(e)})") from None
         if bits > photo.bits:  # Pillow holds no RGB deeper than 8 bits: say so, never silently
             photo.notes.append(f"{bits}-bit TIFF read at {photo.bits} bits ({_short(e)})")
+        if photo.exif is None:  # Pillow keeps a TIFF's EXIF out of im.info (it did orient the pixels)
+            photo.exif = _tiff_exif(path, photo.notes)
         return photo
     if a.dtype not in (np.uint8, np.uint16):
         raise SrpieError(f"{path}: unsupported TIFF sample type {a.dtype} (8 or 16-bit integers only)")
@@ -415,16 +419,20 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
             alpha = a[..., 3]
     else:
         raise SrpieError(f"{path}: unsupported TIFF layout (photometric {photometric}, shape {shape})")
-    exif = None
-    try:
-        with open(path, "rb") as f:
-            exif = _parse_exif(f.read(), notes)
-    except OSError as e:
-        notes.append(f"EXIF unreadable ({_short(e)})")
+    exif = _tiff_exif(path, notes)
     o = _orientation(exif)
     rgb = orient(np.ascontiguousarray(rgb), o)
     alpha = orient(np.ascontiguousarray(alpha), o) if alpha is not None else None
     return Photo(rgb, alpha, exif, _rgb_icc(icc, notes), xmp, "tiff", clean_irb(irb, notes), notes)
+
+
+def _tiff_exif(path: Path, notes: list[str]) -> dict | None:
+    """IFD0 (with its Exif and GPS IFDs) of a TIFF file, as a piexif dict."""
+    try:
+        return _parse_exif(path.read_bytes(), notes)
+    except OSError as e:
+        notes.append(f"EXIF unreadable ({_short(e)})")
+        return None
 
 
 def _read_raw(path: Path, max_megapixels: float) -> Photo:

@@ -292,3 +292,14 @@ def test_encoder_failure_on_odd_metadata_is_an_srpie_error_and_leaves_nothing(tm
     with pytest.raises(SrpieError, match="o.tif: cannot encode .TypeError"):
         images.write_photo(tmp_path / "o.tif", photo, "tiff")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
+
+
+def test_tiff_only_pillow_decodes_keeps_its_exif_and_is_turned_upright(tmp_path):
+    a = pattern(6, 8)
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[274], exif[271] = 6, "Canon"
+    im.save(tmp_path / "lzw.tif", compression="tiff_lzw", exif=exif)  # tifffile needs imagecodecs for LZW
+    photo = images.read_photo(tmp_path / "lzw.tif")
+    assert photo.size == (6, 8) and np.array_equal(photo.pixels, images.orient(a, 6))
+    assert photo.exif["0th"][piexif.ImageIFD.Make] == b"Canon"
