@@ -303,3 +303,14 @@ def test_tiff_only_pillow_decodes_keeps_its_exif_and_is_turned_upright(tmp_path)
     photo = images.read_photo(tmp_path / "lzw.tif")
     assert photo.size == (6, 8) and np.array_equal(photo.pixels, images.orient(a, 6))
     assert photo.exif["0th"][piexif.ImageIFD.Make] == b"Canon"
+
+
+def test_a_16_bit_lzw_tiff_keeps_16_bits(tmp_path):
+    # Photoshop saves LZW TIFFs; imagecodecs (a dependency) lets tifffile decode them at full depth
+    import tifffile
+
+    a = (np.arange(24 * 32 * 3, dtype=np.uint32).reshape(24, 32, 3) * 37 % 65536).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "lzw16.tif", a, photometric="rgb", compression="lzw")
+    photo = images.read_photo(tmp_path / "lzw16.tif")
+    assert photo.bits == 16
+    assert not any("read at" in n for n in photo.notes)
