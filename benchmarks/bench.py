@@ -58,11 +58,12 @@ class Sizes:
     memory: tuple[tuple[str, int, int, str], ...] = ()  # (label, h, w, preset) child runs
     compile: bool = True
     name: str = "full"
+    sweep: tuple[int, ...] = ()  # tile sides for the cache sweep
 
 
-QUICK = Sizes(name="quick", tile=48, peer=32, image=(72, 96), tile_opts=TileOptions(tile=48, overlap=8), bicubic=(256, 256),
+QUICK = Sizes(name="quick", sweep=(32, 48), tile=48, peer=32, image=(72, 96), tile_opts=TileOptions(tile=48, overlap=8), bicubic=(256, 256),
               matmul=256, reps=2, memory=(("tiny", 40, 56, "fast"),), compile=False)
-FULL = Sizes(tile=DEFAULT_TILE, peer=128, image=(640, 832), tile_opts=TileOptions(), bicubic=(3000, 4000),
+FULL = Sizes(sweep=(128, 192, 256, 384, 512), tile=DEFAULT_TILE, peer=128, image=(640, 832), tile_opts=TileOptions(), bicubic=(3000, 4000),
              matmul=2048, reps=3, memory=(("12 MP", 3000, 4000, "fast"), ("24 MP", 4000, 6000, "fast")))
 
 
@@ -169,6 +170,21 @@ def network_alone(sz: Sizes, peak: float) -> dict:
     return rows
 
 
+def tile_sweep(sz: Sizes, peak: float) -> dict:
+    """Eager speed per processed pixel by tile side (cache: a 64-channel 384 px feature map
+    is 38 MB, a 192 px one 9 MB), and net of the overlap a 12 MP photo then costs."""
+    rows = {}
+    for preset in PRESETS:
+        m = srpie(preset)
+        fpp = flops_per_pixel(m)
+        res = timed({t: _inference(m, torch.rand(1, 3, t, t)) for t in sz.sweep}, sz.reps)
+        for t, r in res.items():
+            row = _rates(r, t * t, fpp, peak)
+            row["mp_s_12mp"] = row["mp_s"] / tile_overhead(3000, 4000, t)  # input MP/s of a 12 MP photo
+            rows[f"{preset}: tile {t}"] = row
+    return rows
+
+
 def peers_alone(sz: Sizes, peak: float) -> dict:
     x = torch.rand(1, 3, sz.peer, sz.peer)
     models = {name: cls().eval() for name, cls in PEERS.items()}
@@ -253,6 +269,28 @@ def tile_overhead(h: int, w: int, tile: int = DEFAULT_TILE, overlap: int = DEFAU
     return tiled / (hp * wp)
 
 
+def cuda_runs(sz: Sizes) -> dict:
+    """CUDA, when present: the prepared model tiled in float32 and in float16 autocast, the
+    default batch of tiles; the image stays on the host, so the device holds tiles only."""
+    from dataclasses import replace
+
+    dev = torch.device("cuda")
+    h, w = sz.image
+    x = torch.rand(1, 3, h, w)
+    fns, fpp = {}, {}
+    for preset in PRESETS:
+        fpp[preset] = flops_per_pixel(srpie(preset))
+        p = prepare(srpie(preset), dev)
+        fns[f"{preset}: cuda float32"] = _upscale(p, x, sz.tile_opts)
+        fns[f"{preset}: cuda float16"] = _upscale(p, x, replace(sz.tile_opts, half=True))
+    torch.cuda.reset_peak_memory_stats(dev)
+    res = timed(fns, sz.reps)
+    rows = {name: _rates(r, h * w, fpp[name.split(":")[0]], float("nan")) for name, r in res.items()}
+    rows["device peak GB"] = torch.cuda.max_memory_allocated(dev) / 1e9
+    rows["device"] = torch.cuda.get_device_name(dev)
+    return rows
+
+
 def peak_memory(h: int, w: int, preset: str, compile: bool) -> dict:
     """Peak resident memory of a child process running one h x w image through ``upscale``
     at the default tile with the prepared model."""
@@ -262,16 +300,30 @@ def peak_memory(h: int, w: int, preset: str, compile: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _child_memory(h: int, w: int, preset: str, compile: bool) -> None:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = prepare(srpie(preset), "cpu", compile=compile)
+def peak_rss_gb() -> float:
+    """Peak resident set of this process image. Linux: VmHWM, the high-water mark of the
+    address space since exec. ``ru_maxrss`` would do elsewhere, but on Linux it keeps the
+    parent's resident set at fork (exec accounts the forked copy), which here is the
+    benchmark's own gigabytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
+
+
+def _child_memory(h: int, w: int, preset: str, compile: bool, naive: bool = False) -> None:
+    base = peak_rss_gb()
+    model = prepare(srpie(preset), "cpu", compile=compile) if not naive else srpie(preset)
     x = torch.rand(1, 3, h, w)
     t = time.perf_counter()
     y = upscale(model, x)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_gb": peak * 1024 / 1e9, "before_gb": base * 1024 / 1e9, "seconds": seconds,
-                      "output_gb": y.numel() * 4 / 1e9, "compiled": model.compiled}))
+    print(json.dumps({"peak_gb": peak_rss_gb(), "before_gb": base, "seconds": seconds,
+                      "output_gb": y.numel() * 4 / 1e9, "compiled": getattr(model, "compiled", False)}))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -333,6 +385,11 @@ def run(sz: Sizes, out: Callable[[str], None] = print) -> dict:
     report["network"] = network_alone(sz, peak)
     _table(out, report["network"])
 
+    if sz.sweep:
+        out("\n## tile size (cache), eager; last column: input MP/s of a 12 MP photo net of the overlap")
+        report["sweep"] = tile_sweep(sz, peak)
+        _table(out, report["sweep"], extra="mp_s_12mp")
+
     out(f"\n## peers, {sz.peer}x{sz.peer} input, eager inference_mode")
     report["peers"] = peers_alone(sz, peak)
     _table(out, report["peers"], params=True)
@@ -347,6 +404,12 @@ def run(sz: Sizes, out: Callable[[str], None] = print) -> dict:
     for preset, r in report["e2e"].items():
         out(f"{preset:6s} {r['mp_s']:8.4f} MP/s  {r['seconds']:7.2f} s  decode {r['decode']:.3f} s, "
             f"inference {r['inference']:.2f} s, encode {r['encode']:.3f} s (I/O {100 * r['io_share']:.1f}%)")
+
+    if torch.cuda.is_available():
+        out(f"\n## CUDA: tiled upscale of a {w}x{h} image")
+        report["cuda"] = cuda_runs(sz)
+        out(f"device {report['cuda']['device']}, device peak {report['cuda']['device peak GB']:.2f} GB")
+        _table(out, {k: v for k, v in report["cuda"].items() if isinstance(v, dict)})
 
     report["bicubic"] = b = bicubic_floor(sz)
     out(f"\nbicubic floor (Pillow, {b['size']}): {b['mp_s']:.1f} MP/s")
@@ -398,13 +461,13 @@ def ratios(rep: dict) -> dict:
     return r
 
 
-def _table(out, rows: dict, params: bool = False) -> None:
+def _table(out, rows: dict, params: bool = False, extra: str | None = None) -> None:
     out(f"{'':44s} {'MP/s':>8s} {'median':>8s} {'s':>7s} {'first s':>8s} {'GFLOP/MP':>9s} {'GFLOP/s':>8s} {'of peak':>8s}"
-        + (f" {'params':>9s}" if params else ""))
+        + (f" {'params':>9s}" if params else "") + (f" {extra:>10s}" if extra else ""))
     for name, r in rows.items():
         out(f"{name:44s} {r['mp_s']:8.4f} {r['mp_s_median']:8.4f} {r['seconds']:7.2f} {r['first_s']:8.2f} "
             f"{r['gflop_per_mp']:9.0f} {r['gflops']:8.1f} {100 * r['of_peak']:7.1f}%"
-            + (f" {r['params'] / 1e6:8.2f}M" if params else ""))
+            + (f" {r['params'] / 1e6:8.2f}M" if params else "") + (f" {r[extra]:10.4f}" if extra else ""))
 
 
 def main(argv: list[str] | None = None, sizes: Sizes | None = None) -> dict:
@@ -416,12 +479,13 @@ def main(argv: list[str] | None = None, sizes: Sizes | None = None) -> dict:
     ap.add_argument("--compile", dest="compile", action="store_true", help="prepared model with torch.compile")
     ap.add_argument("--threads", type=int, help="intra-op CPU threads (default: PyTorch's, one per core)")
     ap.add_argument("--child-memory", nargs=3, metavar=("H", "W", "PRESET"), help=argparse.SUPPRESS)
+    ap.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # child: the eager model, unprepared
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child_memory:
         h, w, preset = args.child_memory
-        _child_memory(int(h), int(w), preset, bool(args.compile))
+        _child_memory(int(h), int(w), preset, bool(args.compile), args.naive)
         return {}
     sz = sizes or (QUICK if args.quick else FULL)
     if args.compile is not None:
