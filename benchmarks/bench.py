@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script from a source checkout
 from benchmarks.peers import PEERS  # noqa: E402
 from srpie_cli.accel import prepare  # noqa: E402
 from srpie_cli.model import DeepSRPIE, config_for, count_parameters  # noqa: E402
-from srpie_cli.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileOptions, spans, upscale  # noqa: E402
+from srpie_cli.tiling import CPU_TILE, DEFAULT_OVERLAP, DEFAULT_TILE, TileOptions, spans, upscale  # noqa: E402
 
 PRESETS = ("paper", "fast")
 
@@ -59,9 +59,10 @@ class Sizes:
     compile: bool = True
     name: str = "full"
     sweep: tuple[int, ...] = ()  # tile sides for the cache sweep
+    cpu_tile: int = CPU_TILE  # the tile srpie picks on a CPU when none is named
 
 
-QUICK = Sizes(name="quick", sweep=(32, 48), tile=48, peer=32, image=(72, 96), tile_opts=TileOptions(tile=48, overlap=8), bicubic=(256, 256),
+QUICK = Sizes(name="quick", sweep=(32, 48), cpu_tile=32, tile=48, peer=32, image=(72, 96), tile_opts=TileOptions(tile=48, overlap=8), bicubic=(256, 256),
               matmul=256, reps=2, memory=(("tiny", 40, 56, "fast"),), compile=False)
 FULL = Sizes(sweep=(128, 192, 256, 384, 512), tile=DEFAULT_TILE, peer=128, image=(640, 832), tile_opts=TileOptions(), bicubic=(3000, 4000),
              matmul=2048, reps=3, memory=(("12 MP", 3000, 4000, "fast"), ("24 MP", 4000, 6000, "fast")))
@@ -209,6 +210,8 @@ def tiled_runs(sz: Sizes, peak: float) -> dict:
         fns[f"{preset}: eager (naive)"] = _upscale(m, x, sz.tile_opts)
         fns[f"{preset}: prepared"] = _upscale(p, x, sz.tile_opts)
         fns[f"{preset}: eager, whole image"] = _upscale(m, x, whole)
+        if sz.cpu_tile != sz.tile_opts.tile:
+            fns[f"{preset}: prepared, tile {sz.cpu_tile}"] = _upscale(p, x, replace(sz.tile_opts, tile=sz.cpu_tile))
     res = timed(fns, sz.reps)
     return {name: _rates(r, h * w, fpp[name.split(":")[0]], peak) for name, r in res.items()}
 
@@ -272,8 +275,6 @@ def tile_overhead(h: int, w: int, tile: int = DEFAULT_TILE, overlap: int = DEFAU
 def cuda_runs(sz: Sizes) -> dict:
     """CUDA, when present: the prepared model tiled in float32 and in float16 autocast, the
     default batch of tiles; the image stays on the host, so the device holds tiles only."""
-    from dataclasses import replace
-
     dev = torch.device("cuda")
     h, w = sz.image
     x = torch.rand(1, 3, h, w)
@@ -370,7 +371,7 @@ def _upscale(model, x, opts):
 def run(sz: Sizes, out: Callable[[str], None] = print) -> dict:
     """Measure everything for ``sz``; prints the report through ``out`` and returns the
     figures as a dict."""
-    report: dict = {"machine": machine()}
+    report: dict = {"machine": machine(), "cpu_tile": sz.cpu_tile, "tile": sz.tile_opts.tile}
     mach = report["machine"]
     out(f"# srpie benchmark ({sz.name})")
     out(f"machine: {mach['cpu']}, nproc {mach['nproc']}, torch {mach['torch']} ({mach['threads']} threads), "
@@ -438,6 +439,7 @@ def run(sz: Sizes, out: Callable[[str], None] = print) -> dict:
 
 def ratios(rep: dict) -> dict:
     net, tiled, peers = rep["network"], rep["tiled"], rep["peers"]
+    cpu, tile = rep["cpu_tile"], rep["tile"]
     prepared = next(k for k in net if k.startswith("paper: prepared"))
     fast_prepared = next(k for k in net if k.startswith("fast: prepared"))
     r = {
@@ -456,6 +458,9 @@ def ratios(rep: dict) -> dict:
             tiled["paper: eager, whole image"]["mp_s"] / tiled["paper: eager (naive)"]["mp_s"],
         "paper prepared GFLOP/s / measured peak": net[prepared]["of_peak"],
     }
+    if f"paper: prepared, tile {cpu}" in tiled:
+        r[f"paper prepared at the CPU tile {cpu} / eager naive at {tile}, tiled upscale (target >= 2)"] = \
+            tiled[f"paper: prepared, tile {cpu}"]["mp_s"] / tiled["paper: eager (naive)"]["mp_s"]
     if "memory" in rep:
         r.update({f"peak GB, {k} {v['preset']} (target < 3 for 24 MP)": v["peak_gb"] for k, v in rep["memory"].items()})
     return r
