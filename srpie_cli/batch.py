@@ -82,7 +82,8 @@ class Settings:
 
     model: str = "srpie-x2"
     device: str = "auto"
-    tile: int = 384  # tiling.DEFAULT_TILE (not imported: planning needs no torch)
+    tile: int | None = None  # None: tiling.default_tile(device), 192 on a CPU, 384 on CUDA
+    compile: str = "auto"  # torch.compile: "on", "off", or "auto" (on a CPU for runs of COMPILE_MIN_MP or more)
     overlap: int = 24  # tiling.DEFAULT_OVERLAP
     tta: bool = False
     half: bool = False
@@ -327,12 +328,40 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
 
 
-def load_for_inference(settings: Settings, warn: Callable[[str], None]):
-    """(model on its device, its metadata, the device, the settings it runs with): threads
-    set, ``--half`` dropped with a warning off CUDA, an untrained model announced."""
+# torch.compile costs tens of seconds once per run and tile shape and saves about a third of
+# the CPU time per megapixel (benchmarks/bench.py): it pays from a few megapixels on
+COMPILE_MIN_MP = 8.0
+
+
+def estimate_megapixels(jobs: Sequence[Job], enough: float = COMPILE_MIN_MP) -> float:
+    """Input megapixels of the jobs from their headers (RAW: from the file size, about 1 MB a
+    megapixel), stopping once ``enough`` is reached."""
+    from PIL import Image
+
+    total = 0.0
+    for job in jobs:
+        try:
+            with Image.open(job.src) as im:
+                total += im.width * im.height / 1e6
+        except Exception:  # noqa: BLE001 - RAW or unreadable: a guess is all this needs
+            try:
+                total += job.src.stat().st_size / 1e6
+            except OSError:
+                pass
+        if total >= enough:
+            break
+    return total
+
+
+def load_for_inference(settings: Settings, warn: Callable[[str], None], megapixels: float = 0.0):
+    """(model ready on its device, its metadata, the device, the settings it runs with):
+    threads set, the tile chosen for the device, ``--half`` dropped with a warning off CUDA,
+    torch.compile on a CPU when the run is large enough (``megapixels``), an untrained model
+    announced."""
     import torch  # imported here: planning and --help stay fast
 
-    from srpie_cli.tiling import pick_device
+    from srpie_cli.accel import prepare
+    from srpie_cli.tiling import default_tile, pick_device
     from srpie_cli.weights import load_model
 
     if settings.threads:
@@ -342,7 +371,10 @@ def load_for_inference(settings: Settings, warn: Callable[[str], None]):
     if settings.half and device.type != "cuda":
         warn("--half needs a CUDA device; running in float32 on the CPU")
         settings = replace(settings, half=False)
-    model.to(device)
+    if settings.tile is None:
+        settings = replace(settings, tile=default_tile(device))
+    want = {"on": True, "off": False}.get(settings.compile, device.type == "cpu" and megapixels >= COMPILE_MIN_MP)
+    model = prepare(model, device, compile=want, on_fallback=warn)
     if meta.get("untrained"):
         warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
              "is a plain bicubic 2x upscale, not an enhancement")
@@ -375,7 +407,8 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
     results.extend(p.results)
     for r in p.results:
         listener.file_done(r)
-    model, meta, device, settings = load_for_inference(settings, listener.warn)
+    mp = estimate_megapixels(p.jobs) if settings.compile == "auto" else 0.0
+    model, meta, device, settings = load_for_inference(settings, listener.warn, mp)
     listener.start(len(p.jobs), meta, str(device))
 
     def decode(job: Job) -> tuple[Photo, float]:

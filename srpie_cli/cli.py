@@ -216,16 +216,23 @@ class RawJpeg(str, Enum):
     both = "both"
 
 
-def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads):
+class Compile(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile=Compile.auto):
     from srpie_cli.batch import Settings
 
     return Settings(model=model, device=device, tile=tile, overlap=overlap, tta=tta, half=half,
-                    quality=quality, max_megapixels=max_megapixels, threads=threads)
+                    quality=quality, max_megapixels=max_megapixels, threads=threads, compile=compile.value)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-TileOpt = Annotated[int, typer.Option(min=0, help="Tile side in input pixels (0: whole image at once).")]
+TileOpt = Annotated[Optional[int], typer.Option(min=0, help="Tile side in input pixels (0: whole image at once; default: 192 on a CPU, 384 on CUDA).")]
+CompileOpt = Annotated[Compile, typer.Option(help="torch.compile the network: auto (on a CPU for runs of 8 MP or more), on, off.")]
 OverlapOpt = Annotated[int, typer.Option(min=0, help="Pixels shared by neighbouring tiles (blended).")]
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Average the four flips (slower, slightly better).")]
 HalfOpt = Annotated[bool, typer.Option("--half", help="float16 on CUDA (ignored with a warning on the CPU).")]
@@ -316,7 +323,7 @@ def enhance(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", file_okay=False, help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
     model: ModelOpt = "srpie-x2",
     device: DeviceOpt = "auto",
-    tile: TileOpt = 384,
+    tile: TileOpt = None,
     overlap: OverlapOpt = 24,
     tta: TtaOpt = False,
     half: HalfOpt = False,
@@ -328,6 +335,7 @@ def enhance(
     report: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a JSON report: per-file status, output, timings, errors.")] = None,
     max_megapixels: MaxMpOpt = 150.0,
     threads: ThreadsOpt = 0,
+    compile: CompileOpt = Compile.auto,
 ):
     """Enhance photos at 2x, keeping their metadata; skips what is done, goes on past bad files."""
     from srpie_cli.batch import Interrupted, UsageError, enhance as run_enhance
@@ -336,7 +344,7 @@ def enhance(
     try:
         outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
                               overwrite=overwrite, report=report, listener=listener,
-                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads))
+                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile))
     except UsageError as e:
         raise fail(_esc(e), EXIT_USAGE) from None
     except SrpieError as e:
@@ -358,7 +366,7 @@ def preview(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False, help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo).")] = None,
     model: ModelOpt = "srpie-x2",
     device: DeviceOpt = "auto",
-    tile: TileOpt = 384,
+    tile: TileOpt = None,
     overlap: OverlapOpt = 24,
     tta: TtaOpt = False,
     half: HalfOpt = False,

@@ -77,7 +77,7 @@ def preview(*, photo: Path, output: Path | None = None, settings: Settings = Set
     if fmt is None:
         raise SrpieError(f"{output}: the preview is written as .png or .jpg")
     src = images.read_photo(photo, settings.max_megapixels)
-    model, _, _, settings = load_for_inference(settings, log)
+    model, _, _, settings = load_for_inference(settings, log, src.pixels.shape[0] * src.pixels.shape[1] / 1e6)
     after = enhance_photo(model, src, settings)
     before = bicubic2x(src, model.scale)
     a8 = images.from_float(images.to_float(after.pixels), 8)

@@ -190,9 +190,25 @@ def test_defaults_follow_the_tiling_module():
     from srpie_cli import tiling
     from srpie_cli.cli import enhance
 
-    assert (Settings().tile, Settings().overlap) == (tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
+    # no tile named: the device's default (192 px on a CPU, 384 on CUDA)
+    assert Settings().tile is None and Settings().overlap == tiling.DEFAULT_OVERLAP
     params = inspect.signature(enhance).parameters
-    assert (params["tile"].default, params["overlap"].default) == (tiling.DEFAULT_TILE, tiling.DEFAULT_OVERLAP)
+    assert (params["tile"].default, params["overlap"].default) == (None, tiling.DEFAULT_OVERLAP)
+    said = []
+    _, _, device, settings = batch.load_for_inference(Settings(device="cpu"), said.append)
+    assert settings.tile == tiling.default_tile(device) == tiling.CPU_TILE
+
+
+def test_compile_is_chosen_by_the_size_of_the_run(tmp_path, tiny_model):
+    said = []
+    small, *_ = batch.load_for_inference(Settings(model=str(tiny_model), device="cpu"), said.append, megapixels=0.5)
+    big, *_ = batch.load_for_inference(Settings(model=str(tiny_model), device="cpu"), said.append, megapixels=50.0)
+    off, *_ = batch.load_for_inference(Settings(model=str(tiny_model), device="cpu", compile="off"), said.append, 50.0)
+    assert not small.compiled and not off.compiled
+    assert big.compiled or any("not compiling" in m for m in said)  # no C++ compiler: said so
+    write_jpeg(tmp_path / "a.jpg", 40, 50)
+    jobs = [batch.Job(tmp_path / "a.jpg", tmp_path / "o.jpg", "jpeg")] * 3
+    assert batch.estimate_megapixels(jobs) == pytest.approx(3 * 40 * 50 / 1e6)
 
 
 def test_planned_under_the_lock_so_a_run_that_just_finished_is_not_redone(tmp_path, tiny_model, monkeypatch):
