@@ -87,6 +87,7 @@ def train(
     val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="HR folder scored with the SR protocol.")] = None,
     holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out to validate on.")] = 3,
     pair_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of each batch from real pairs.")] = 0.5,
+    clean_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
     val_every: Annotated[int, typer.Option(min=1)] = 250,
     run_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints and log (default: runs/<out name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -103,7 +104,7 @@ def train(
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
                       pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, steps=steps,
                       minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout,
-                      pair_fraction=pair_fraction, val_every=val_every, resume=resume, threads=threads,
+                      pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
                       seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
     try:
         if err.is_terminal:

@@ -48,6 +48,7 @@ class TrainConfig:
     loss: str = "l1"  # l1 | hybrid
     vgg: Path | None = None  # local VGG-19 weights for the content loss
     pair_fraction: float = 0.5  # share of each batch from real pairs when both kinds are given
+    clean_fraction: float = 0.3  # synthetic pairs left undamaged: a good photo must stay as it is
     holdout: int = 3  # pairs per folder kept out of training for validation
     val: Path | None = None  # HR folder scored with the SR protocol
     val_every: int = 250
@@ -132,7 +133,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         if pairs is not None and len(pairs):
             n_pairs = cfg.batch_size if photos is None else int(rng.binomial(cfg.batch_size, cfg.pair_fraction))
         items = [pairs.sample(rng, cfg.patch, scale) for _ in range(n_pairs)]
-        items += [photos.sample(rng, cfg.patch, scale, cfg.enhance) for _ in range(cfg.batch_size - n_pairs)]
+        items += [photos.sample(rng, cfg.patch, scale, cfg.enhance and rng.random() >= cfg.clean_fraction)
+                  for _ in range(cfg.batch_size - n_pairs)]
         return batch(items)
 
     def validate() -> dict:
@@ -145,8 +147,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         model.train()
         return res
 
-    def key(res: dict) -> float:  # what "better" means: pairs PSNR when held-out pairs exist
-        return res["val_pairs"]["psnr"] if "val_pairs" in res else res["val_sr"]["psnr"] if "val_sr" in res else -math.inf
+    def key(res: dict) -> float:
+        """What "better" means: the PSNR gain over bicubic, summed over the validation sets
+        (so a model that fixes bad photos but wrecks good ones does not win)."""
+        gains = [v["psnr"] - v["bicubic_psnr"] for v in res.values()]
+        return sum(gains) if gains else -math.inf
 
     def summary(res: dict) -> dict:
         return {"srpie_version": __version__, "command": cfg.command, "train_config": _jsonable(cfg),
