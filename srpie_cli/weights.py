@@ -127,6 +127,9 @@ def save_weights(path: str | os.PathLike, model: DeepSRPIE, meta: dict | None = 
             torch.save(blob, f)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a weights file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ def test_checkpoint_round_trip_needs_no_side_file(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temporary file
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by group and others (umask 022)
 
 
 def test_a_weights_file_holding_a_pickled_object_is_refused(tmp_path):
