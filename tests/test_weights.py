@@ -73,3 +73,15 @@ def test_every_shipped_name_loads_trained_or_flagged_untrained():
         assert isinstance(meta["untrained"], bool)
         if not meta["untrained"]:
             assert meta.get("scores"), f"{name} ships without measured scores"
+
+
+def test_the_defaults_agree():
+    import inspect
+
+    from srpie_cli.batch import Settings
+    from srpie_cli.cli import enhance, preview
+    from srpie_cli.weights import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL in SHIPPED and Settings().model == DEFAULT_MODEL
+    for command in (enhance, preview):
+        assert inspect.signature(command).parameters["model"].default == DEFAULT_MODEL
