@@ -14,7 +14,6 @@ runs one image through ``upscale``, so the figures do not contaminate each other
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

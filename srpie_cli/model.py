@@ -25,8 +25,7 @@ Readings of the ambiguous parts (see also the project README):
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

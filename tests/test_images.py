@@ -1,5 +1,4 @@
 import errno
-import io
 import struct
 import zlib
 from pathlib import Path
