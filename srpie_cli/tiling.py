@@ -13,6 +13,7 @@ and starts the image again, and says so through ``on_retry``).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,7 +117,7 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
     # so all tiles share one shape and any run of them can go through the network together
     jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     step = max(1, tile_batch)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if (half and device.type == "cuda") else _null()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if (half and device.type == "cuda") else nullcontext()
     for k in range(0, len(jobs), step):
         chunk = jobs[k:k + step]
         inp = torch.cat([xp[..., ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in chunk])
@@ -131,14 +132,6 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
             out[0, :, oy, ox].addcmul_(t[:, ty, tx], wt)
     out.div_(_axis_norm(ys, wys, scale, margin, h)[:, None]).div_(_axis_norm(xs, wxs, scale, margin, w))
     return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv

@@ -8,7 +8,6 @@ file builds the network, so no side file is needed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -63,14 +62,6 @@ def resolve(name_or_path: str | os.PathLike) -> Path | None:
     if not path.is_file():
         raise SrpieError(f"{key}: no such model name or weights file (shipped: {', '.join(SHIPPED)})")
     return path
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_weights(path: str | os.PathLike) -> dict:
