@@ -315,7 +315,9 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
 
     from srpie_cli.tiling import TileOptions, upscale
 
-    opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half)
+    # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit
+    opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
+                       fit=not getattr(model, "compiled", False))
     x = torch.from_numpy(images.to_float(photo.pixels)).permute(2, 0, 1)[None].contiguous()
     y = upscale(model, x, opts, on_retry=on_retry)
     pixels = images.from_float(y[0].permute(1, 2, 0).numpy(), photo.bits)

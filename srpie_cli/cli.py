@@ -76,9 +76,10 @@ def train(
     preset: Annotated[Preset, typer.Option(help="Network size.")] = Preset.paper,
     global_skip: Annotated[bool, typer.Option(help="Residual on bicubic (an untrained net starts at bicubic); off only for the ablation.")] = True,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
+    du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
     recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Wall-time budget in minutes, resumes included; the schedule ends with whichever of --steps and --minutes ends first.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Patches per step (recipe default).")] = None,
     patch: Annotated[Optional[int], typer.Option(min=8, help="Low-resolution patch side (recipe default).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (recipe default).")] = None,
@@ -92,6 +93,8 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints and log (default: runs/<out name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: all).")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(min=0, help="Processes making batches in the background (a GPU needs several); 0: none, and a resume is bit-exact.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """Train or fine-tune a model on good photos and/or (before, after) pairs."""
@@ -102,10 +105,10 @@ def train(
         if value is not None:
             rec[name] = value
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, steps=steps,
+                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, steps=steps,
                       minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout,
                       pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
-                      seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
+                      device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
     try:
         if err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

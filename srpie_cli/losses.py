@@ -157,7 +157,8 @@ class HybridLoss(nn.Module):
     def uses_content(self) -> bool:
         return self.content is not None
 
-    def forward(self, out, gt) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, out, gt) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total and each term (detached; no device sync per step)."""
         w = self.w
         terms = {"l1": (w.l1, lambda: l1(out, gt)), "msssim": (w.msssim, lambda: 1 - ms_ssim(out, gt)),
                  "color": (w.color, lambda: color(out, gt)), "tv": (w.tv, lambda: tv(out)),
@@ -166,6 +167,6 @@ class HybridLoss(nn.Module):
         for name, (weight, fn) in terms.items():
             if weight:
                 v = fn()
-                parts[name] = float(v.detach())
+                parts[name] = v.detach()
                 total = total + weight * v
         return total, parts

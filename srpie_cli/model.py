@@ -9,6 +9,7 @@ One module per block of the paper:
     PENet(H(I))       -> A       12-channel local transform          (Eq. 2, Sec. III-C)
     transform(A, I^MBF) -> I^PE                                      (Sec. III-C)
     DUNet(I^PE)       -> I^SRE   at scale x                          (Eq. 3, 13)
+    (DUNet(I^PE, F)   -> I^SRE   with ``du_features``: see below)
 
 Readings of the ambiguous parts (see also the project README):
 
@@ -21,6 +22,15 @@ Readings of the ambiguous parts (see also the project README):
   ``I`` and DUNet a residual on the bicubic upsampling of its input, with both last layers
   initialised to zero. An untrained network therefore returns exactly the bicubic upscale
   of its input instead of noise, and the enhancement (PENet) acts on the image directly.
+* DUNet's input (``du_features``, a departure measured against the paper's reading): read
+  literally, everything MBFNet learned reaches the upsampler through a 3-channel image, so
+  the high-resolution detail must be re-derived from RGB by DUNet's two small convolutions.
+  Trained that way (paper preset, L1, bicubic x2) the network stalls at Set5 35.3 dB Y:
+  8,200 steps of 32 patches on a GPU moved it by 0.03 dB (weights/README.md). With
+  ``du_features`` DUNet's first convolutions also see MBFNet's fused feature map ``F`` (the
+  HFA output that MBFNet's last conv turns into the image), the way every SR network's
+  upsampler sees features. Those weights start at zero, so a network widened from one
+  trained without them computes the same function until trained further.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ class SRPIEConfig:
     du_width: int = 36  # channels of each DUNet path after its first convolution
     dunet: bool = True  # False: the ablation head (a plain conv + PixelShuffle, Table 1 row 11)
     global_skip: bool = True  # residual on I and on bicubic(I^PE); see the module docstring
+    du_features: bool = False  # DUNet also sees MBFNet's feature map (see the module docstring)
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -204,6 +215,7 @@ class MBFNet(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x, x_id, h_x):
+        """(the 3-channel image I^MBF, the fused feature map it is made from)"""
         msb_outs = []
         feat = h_x
         for msb in self.msbs:
@@ -213,8 +225,9 @@ class MBFNet(nn.Module):
         for k, block in enumerate(self.bpbs):
             bpb = block(msb_outs[-1 - k], bpb)
         hfa = torch.cat([*msb_outs, *([bpb] if bpb is not None else []), self.h_id(x_id)], dim=1)
-        y = self.out(self.hfa(hfa) + h_x)
-        return x + y if self.image_skip else y
+        feat = self.hfa(hfa) + h_x
+        y = self.out(feat)
+        return (x + y if self.image_skip else y), feat
 
 
 # ----------------------------------------------------------------------------- PENet
@@ -304,12 +317,15 @@ class DUNet(nn.Module):
         zero_init: start at a zero output (used with the bicubic skip).
     """
 
-    def __init__(self, scale: int, width: int, zero_init: bool):
+    def __init__(self, scale: int, width: int, zero_init: bool, features: int = 0):
         super().__init__()
         p = width // 3
         self.p = p
-        self.top1 = conv(3, 3 * p, 5)
-        self.bot1 = conv(3, 3 * p, 3)
+        self.top1 = conv(3 + features, 3 * p, 5)
+        self.bot1 = conv(3 + features, 3 * p, 3)
+        if features:  # the feature inputs start silent: the image path alone, as in the paper
+            for c in (self.top1, self.bot1):
+                nn.init.zeros_(c.weight[:, 3:])
         self.top2 = conv(2 * p, (scale * scale - 1) * p, 5)
         self.bot2 = conv(2 * p, (scale * scale - 1) * p, 3)
         self.shuffle = nn.PixelShuffle(scale)
@@ -318,7 +334,9 @@ class DUNet(nn.Module):
             nn.init.zeros_(self.fuse.weight)
             nn.init.zeros_(self.fuse.bias)
 
-    def forward(self, x):
+    def forward(self, x, feat=None):
+        if feat is not None:
+            x = torch.cat([x, feat], dim=1)
         t1, t2, t3 = self.top1(x).chunk(3, dim=1)
         b1, b2, b3 = self.bot1(x).chunk(3, dim=1)
         t = self.shuffle(torch.cat([self.top2(torch.cat([t1, b2], dim=1)), t3], dim=1))
@@ -354,7 +372,10 @@ class DeepSRPIE(nn.Module):
         self.h = conv(3, cfg.width, 3)  # the shallow feature H(I), shared by MBFNet and PENet
         self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip)
         self.penet = PENet(cfg.width, cfg.pe_widths)
-        self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip) if cfg.dunet
+        if cfg.du_features and not cfg.dunet:
+            raise ValueError("du_features needs DUNet (dunet=True)")
+        self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip,
+                         features=cfg.width if cfg.du_features else 0) if cfg.dunet
                    else PixelShuffleHead(cfg.scale, zero_init=cfg.global_skip))
 
     @property
@@ -364,12 +385,27 @@ class DeepSRPIE(nn.Module):
     def forward(self, x):
         x_id = decompose(x, self.cfg.gf_radius, self.cfg.gf_eps)
         h_x = self.h(x)
-        mbf = self.mbfnet(x, x_id, h_x)
+        mbf, feat = self.mbfnet(x, x_id, h_x)
         pe = local_transform(self.penet(h_x), mbf)
-        y = self.up(pe)
+        y = self.up(pe, feat) if self.cfg.du_features else self.up(pe)
         if self.cfg.global_skip:
             y = y + upsample_bicubic(pe, self.cfg.scale)
         return y
+
+
+def widen(model: DeepSRPIE) -> DeepSRPIE:
+    """The same network with ``du_features`` on: every trained weight copied, DUNet's new
+    feature inputs at zero, so it computes the same function until trained further."""
+    from dataclasses import replace
+
+    wide = DeepSRPIE(replace(model.cfg, du_features=True))
+    state = model.state_dict()
+    for name in ("up.top1.weight", "up.bot1.weight"):
+        w = wide.state_dict()[name].clone()
+        w[:, :3] = state[name]
+        state[name] = w
+    wide.load_state_dict(state)
+    return wide.train(model.training)
 
 
 def upsample_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:

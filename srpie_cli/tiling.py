@@ -40,16 +40,29 @@ class TileOptions:
     tile_batch: int = 4  # tiles per forward pass
     tta: bool = False  # self-ensemble over the four flips (the paper's "Deep SR-PIE+")
     half: bool = False  # float16 autocast (CUDA only)
+    fit: bool = True  # shrink tiles to the smallest size that keeps their count (False: one shape always)
 
 
-def spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Cover [0, length) with windows of ``tile`` that overlap by at least ``overlap``.
-    The last window is aligned to the end; a short axis gives one window."""
+FIT_ALIGN = 8  # fitted tiles stay multiples of 8 (PENet works at 1/8 and would pad otherwise)
+
+
+def spans(length: int, tile: int, overlap: int, fit: bool = False) -> list[tuple[int, int]]:
+    """Cover [0, length) with equal windows of at most ``tile`` that overlap by at least
+    ``overlap``; the last window is aligned to the end; a short axis gives one window.
+
+    The fewest windows of ``tile`` that cover the axis usually leave slack, which equal
+    windows spread as extra overlap (3000 px in 384 px tiles: 9 windows, 456 px of overlap
+    where 192 would do). ``fit`` shrinks the windows to the smallest multiple of 8 that keeps
+    their count, so the network runs on fewer pixels (a 12 MP photo in 384 px tiles: +13%
+    instead of +29%). Without it every axis gets the same window, which a compiled network
+    wants (a new tile shape compiles again)."""
     if tile <= 0 or tile >= length:
         return [(0, length)]
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
     n = math.ceil((length - overlap) / (tile - overlap))
+    if fit:
+        tile = min(tile, -(-(math.ceil((length - overlap) / n) + overlap) // FIT_ALIGN) * FIT_ALIGN)
     starts = [round(i * (length - tile) / (n - 1)) for i in range(n)] if n > 1 else [0]
     return [(s, s + tile) for s in starts]
 
@@ -97,7 +110,7 @@ def _clip(a: int, b: int, scale: int, margin: int, length: int) -> tuple[slice, 
 
 
 def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap: int,
-              tile_batch: int = 4, half: bool = False) -> torch.Tensor:
+              tile_batch: int = 4, half: bool = False, fit: bool = True) -> torch.Tensor:
     """Apply ``model`` to ``x`` (1 x 3 x H x W, float32, on the CPU) tile by tile on the
     model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped.
 
@@ -110,7 +123,7 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
     margin = min(overlap, h - 1, w - 1)  # the same in whole-image mode, so both agree at the edges
     xp = F.pad(x, (margin,) * 4, mode="reflect") if margin else x
     hp, wp = xp.shape[-2:]
-    ys, xs = spans(hp, tile, overlap), spans(wp, tile, overlap)
+    ys, xs = spans(hp, tile, overlap, fit), spans(wp, tile, overlap, fit)
     wys, wxs = _weights(ys, scale), _weights(xs, scale)
     out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32)
     # every window of an axis has the same length (spans aligns the last one to the end),
@@ -149,7 +162,7 @@ def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions()
             acc = None
             for dims in (FLIPS if opts.tta else FLIPS[:1]):
                 xi = x.flip(dims) if dims else x
-                y = run_tiled(model, xi, scale, tile, opts.overlap, opts.tile_batch, opts.half)
+                y = run_tiled(model, xi, scale, tile, opts.overlap, opts.tile_batch, opts.half, opts.fit)
                 y = y.flip(dims) if dims else y
                 acc = y if acc is None else acc.add_(y)
                 del y  # a 24 MP output is 1.2 GB: never hold two besides the sum

@@ -24,7 +24,7 @@ from srpie_cli import SrpieError, __version__
 from srpie_cli.data import PairSet, PhotoSet, batch
 from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
 from srpie_cli.losses import HybridLoss, LossWeights
-from srpie_cli.model import DeepSRPIE, config_for
+from srpie_cli.model import DeepSRPIE, config_for, widen
 from srpie_cli.weights import build, read_weights, save_weights
 
 
@@ -37,9 +37,12 @@ class TrainConfig:
     enhance: bool = True  # synthetic pairs get exposure/colour/noise damage (False: pure SR)
     preset: str = "paper"
     global_skip: bool = True  # off only to measure what it is worth
+    du_features: bool = False  # DUNet sees MBFNet's features (model.py); widens an --init model without them
     init: str | None = None  # weights to start from (fine-tuning)
     steps: int = 2000
-    minutes: float | None = None  # stop after this wall time (the schedule still spans `steps`)
+    minutes: float | None = None  # total wall-time budget (earlier runs of a resume count); the schedule spans it
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    workers: int = 0  # background processes making batches; 0: in this process (exact resume)
     batch_size: int = 16
     patch: int = 48  # low-resolution patch side
     lr: float = 1e-3
@@ -70,11 +73,20 @@ class TrainConfig:
         raise ValueError(f"unknown recipe {name!r}: paper or cpu")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``lr * lr_min_ratio`` at ``cfg.steps``."""
+def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
+    """How far through the run: steps or wall time, whichever budget ends first."""
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.minutes:
+        t = max(t, seconds / (60 * cfg.minutes))
+    return min(1.0, max(0.0, t))
+
+
+def lr_at(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``lr * lr_min_ratio`` at the end of the budget
+    (``cfg.steps``, or ``cfg.minutes`` when that ends first)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    t = progress(step, seconds, cfg)
     lo = cfg.lr * cfg.lr_min_ratio
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
 
@@ -84,14 +96,46 @@ def _jsonable(cfg: TrainConfig) -> dict:
             for k, v in asdict(cfg).items()}
 
 
+def sample_batch(rng: np.random.Generator, photos: PhotoSet | None, pairs: PairSet | None, cfg: TrainConfig,
+                 scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: real pairs (a binomial share when both kinds are given) and
+    synthetic pairs, ``cfg.clean_fraction`` of them undamaged."""
+    n_pairs = 0
+    if pairs is not None and len(pairs):
+        n_pairs = cfg.batch_size if photos is None else int(rng.binomial(cfg.batch_size, cfg.pair_fraction))
+    items = [pairs.sample(rng, cfg.patch, scale) for _ in range(n_pairs)]
+    items += [photos.sample(rng, cfg.patch, scale, cfg.enhance and rng.random() >= cfg.clean_fraction)
+              for _ in range(cfg.batch_size - n_pairs)]
+    return batch(items)
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless batches made in background worker processes (``cfg.workers``), each with its
+    own generator seeded by (seed, first step, worker): a GPU is not kept waiting for the
+    CPU-side damage and JPEG round trips. Not bit-exact across a resume, unlike the
+    in-process path."""
+
+    def __init__(self, photos, pairs, cfg: TrainConfig, scale: int, first_step: int):
+        self.photos, self.pairs, self.cfg, self.scale, self.first_step = photos, pairs, cfg, scale, first_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.cfg.seed, self.first_step, info.id if info else 0])
+        while True:
+            yield sample_batch(rng, self.photos, self.pairs, self.cfg, self.scale)
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print,
           on_step: Callable[[int, float, float], None] | None = None) -> dict:
     """Train; returns the summary stored in the weights file's meta."""
+    from srpie_cli.tiling import pick_device
+
     # ---- setup
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not cfg.photos and not cfg.pairs:
         raise SrpieError("nothing to train on: give --photos and/or --pairs folders")
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = cfg.run_dir / "last.pt"
@@ -100,28 +144,42 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         from srpie_cli.weights import load_model
 
         model, _ = load_model(cfg.init)
-        model.train()
+        if cfg.du_features and not model.cfg.du_features:
+            model = widen(model)
     else:
-        model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip))
+        model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features))
     scale = model.scale
     pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout) if cfg.pairs else (None, None)
     loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)
     if cfg.loss == "hybrid" and not loss_fn.uses_content:
         log("content (VGG-19) loss off: no local VGG-19 weights file given (--vgg)")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     rng = np.random.default_rng(cfg.seed)
     step, best, history, seconds = 0, -math.inf, [], 0.0
+    blob = None
     if cfg.resume and ckpt.is_file():
         blob = read_weights(ckpt)
-        model = build(blob, str(ckpt)).train()
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-        opt.load_state_dict(blob["optimizer"])
+        model = build(blob, str(ckpt))
         step, best, history, seconds = blob["step"], blob["best"], list(blob["history"]), blob["seconds"]
         rng.bit_generator.state = _rng_state_from(blob["rng"])
         if "torch_rng" in blob:  # RReLU draws its slopes from it
             torch.set_rng_state(blob["torch_rng"])
         log(f"resumed {ckpt} at step {step} (best {best:.3f})")
-    model.train().to(memory_format=torch.channels_last)  # ~15% faster steps on CPU
+    stream = None
+    if cfg.workers:  # started before CUDA is touched: the workers are forked CPU-only
+        loader = torch.utils.data.DataLoader(BatchStream(photos, pairs, cfg, scale, step), batch_size=None,
+                                             num_workers=cfg.workers, prefetch_factor=4,
+                                             pin_memory=device.type == "cuda")
+        stream = iter(loader)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # channels-last: ~15% faster steps on CPU, and the layout cuDNN's tensor-core kernels want
+    model.train().to(device, memory_format=torch.channels_last)
+    loss_fn.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    if blob is not None:
+        opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
+        del blob
 
     data_summary = {"photos": [str(p) for p in cfg.photos], "photo_count": len(photos.images) if photos else 0,
                     "pairs": [str(p) for p in cfg.pairs], "pair_count": len(pairs) if pairs else 0,
@@ -129,13 +187,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
 
     # ---- batch function
     def get_batch():
-        n_pairs = 0
-        if pairs is not None and len(pairs):
-            n_pairs = cfg.batch_size if photos is None else int(rng.binomial(cfg.batch_size, cfg.pair_fraction))
-        items = [pairs.sample(rng, cfg.patch, scale) for _ in range(n_pairs)]
-        items += [photos.sample(rng, cfg.patch, scale, cfg.enhance and rng.random() >= cfg.clean_fraction)
-                  for _ in range(cfg.batch_size - n_pairs)]
-        return batch(items)
+        lr_t, hr_t = next(stream) if stream is not None else sample_batch(rng, photos, pairs, cfg, scale)
+        return (lr_t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                hr_t.to(device, non_blocking=True))
 
     def validate() -> dict:
         model.eval()
@@ -153,11 +207,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         gains = [v["psnr"] - v["bicubic_psnr"] for v in res.values()]
         return sum(gains) if gains else -math.inf
 
+    def hardware() -> str:
+        if device.type == "cuda":
+            return f"{torch.cuda.get_device_name(device)} ({cfg.workers} data workers)"
+        return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
+
     def summary(res: dict) -> dict:
         return {"srpie_version": __version__, "command": cfg.command, "train_config": _jsonable(cfg),
                 "data": data_summary, "steps": step, "train_seconds": round(seconds, 1),
-                "hardware": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
-                "scores": res}
+                "hardware": hardware(), "scores": res}
 
     def save_checkpoint():
         save_weights(ckpt, model, summary({}), extra={"optimizer": opt.state_dict(), "step": step, "best": best,
@@ -170,24 +228,28 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     seconds0, step0 = seconds, step
     last_res: dict = {}
     while step < cfg.steps:
-        if cfg.minutes is not None and (time.time() - start) / 60 >= cfg.minutes:
+        if cfg.minutes is not None and seconds >= 60 * cfg.minutes:
             log(f"time budget of {cfg.minutes} min reached at step {step}")
             break
-        lr = lr_at(step, cfg)
+        lr = lr_at(step, cfg, seconds)
         for g in opt.param_groups:
             g["lr"] = lr
         lr_t, hr_t = get_batch()
-        loss, parts = loss_fn(model(lr_t.contiguous(memory_format=torch.channels_last)), hr_t)
-        if not torch.isfinite(loss):
-            raise SrpieError(f"loss is not finite at step {step}; lower the learning rate")
+        loss, _ = loss_fn(model(lr_t), hr_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         seconds = seconds0 + time.time() - start
-        if step % 20 == 0:
-            eta = (cfg.steps - step) * (seconds - seconds0) / max(1, step - step0) / 60
-            log(f"step {step}/{cfg.steps} loss {loss.item():.5f} lr {lr:.2e} {seconds / 60:.1f} min, ETA {eta:.0f} min")
+        if step % 20 == 0 or on_step or step == 1:  # .item() waits for the device: not every step
+            value = loss.item()
+            if not math.isfinite(value):
+                raise SrpieError(f"loss is not finite at step {step}; lower the learning rate")
+            if step % 20 == 0:
+                rate = (step - step0) / max(1e-9, seconds - seconds0)
+                left = (1 - progress(step, seconds, cfg)) * (cfg.minutes * 60 if cfg.minutes else cfg.steps / rate)
+                log(f"step {step}/{cfg.steps} loss {value:.5f} lr {lr:.2e} {seconds / 60:.1f} min, "
+                    f"{rate:.1f} steps/s, ETA {left / 60:.0f} min")
         if step % cfg.val_every == 0 or step == cfg.steps:
             last_res = validate()
             history.append({"step": step, **last_res})
@@ -199,8 +261,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint()
         if on_step:
-            on_step(step, loss.item(), lr)
+            on_step(step, value, lr)
     save_checkpoint()
+    if cfg.minutes is not None and step < cfg.steps and step % cfg.val_every:  # stopped by the clock: score the end
+        last_res = validate()
+        history.append({"step": step, **last_res})
+        log(f"step {step} validation {last_res}")
+        if key(last_res) > best:
+            best = key(last_res)
+            save_weights(cfg.out, model, summary(last_res))
+            log(f"step {step}: best so far, wrote {cfg.out}")
     if not cfg.out.exists():  # no validation ran: write what we have
         last_res = validate()
         save_weights(cfg.out, model, summary(last_res))

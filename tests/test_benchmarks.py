@@ -50,4 +50,19 @@ def test_ratios_are_reported_for_every_target(report):
 
 def test_tile_overhead_from_the_layout():
     assert tile_overhead(300, 200) == 1  # one tile: no overhead
-    assert 1 < tile_overhead(4000, 6000) < tile_overhead(3000, 4000) < 1.5
+    assert 1 < tile_overhead(4000, 6000, fit=False) < tile_overhead(3000, 4000, fit=False) < 1.5
+    for h, w in ((3000, 4000), (4000, 6000), (640, 832)):  # fitted tiles never run more pixels
+        assert 1 < tile_overhead(h, w) <= tile_overhead(h, w, fit=False)
+    assert tile_overhead(3000, 4000) < 1.15  # 12 MP at the default tile
+
+
+def test_cuda_benchmark_runs_in_smoke_form_on_a_cpu(tmp_path):
+    from benchmarks import bench_cuda
+
+    rep = bench_cuda.main(["--smoke", "--device", "cpu", "--reps", "1", "--json", str(tmp_path / "c.json")])
+    for row in rep["network"].values():
+        assert row["mp_s"] > 0 and row["tflops"] > 0
+    assert all(r["seconds"] > 0 for r in rep["tiled_12mp"].values())
+    assert rep["half"]["psnr_half_vs_float32"] > 60  # on a CPU autocast is off: the same output
+    assert all(v > 0 for v in rep["ratios"].values())
+    assert (tmp_path / "c.json").is_file()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, count_parameters, decompose,
+from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, count_parameters, decompose, widen,
                              flops_per_input_pixel, local_transform, upsample_bicubic)
 
 PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D
@@ -76,7 +76,7 @@ def test_identity_initialised_penet_leaves_the_mbfnet_output_unchanged():
     x = torch.rand(1, 3, 21, 30)
     with torch.no_grad():
         h_x = model.h(x)
-        mbf = model.mbfnet(x, decompose(x, 2, 1e-2), h_x)
+        mbf, _ = model.mbfnet(x, decompose(x, 2, 1e-2), h_x)
         transform = model.penet(h_x)
         assert transform.shape == (1, 12, 21, 30)
         assert torch.allclose(local_transform(transform, mbf), mbf, atol=1e-6)
@@ -114,3 +114,26 @@ def test_config_round_trips_through_a_dict():
         SRPIEConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError):
         config_for("huge")
+
+
+def test_widening_dunet_with_features_keeps_the_function_then_learns_from_them():
+    model = perturbed(config_for("fast"), std=0.05).eval()
+    wide = widen(model).eval()
+    assert wide.cfg.du_features and count_parameters(wide) > count_parameters(model)
+    x = torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), model(x), atol=1e-5)
+    # the new inputs are live: their weights get gradients (zero init does not trap them)
+    wide.train()
+    wide(x).square().mean().backward()
+    assert wide.up.top1.weight.grad[:, 3:].abs().sum() > 0
+
+
+def test_du_features_config_builds_and_round_trips():
+    cfg = config_for("fast", du_features=True)
+    model = DeepSRPIE(cfg)
+    assert model(torch.rand(1, 3, 17, 23)).shape == (1, 3, 34, 46)
+    assert SRPIEConfig.from_dict(cfg.to_dict()) == cfg
+    assert not SRPIEConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "du_features"}).du_features
+    with pytest.raises(ValueError):
+        DeepSRPIE(config_for("fast", du_features=True, dunet=False))

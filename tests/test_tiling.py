@@ -27,6 +27,23 @@ def test_spans_cover_the_axis_with_the_requested_overlap(length, tile, overlap):
     assert all(e - s == min(tile, length) for s, e in sp)
 
 
+@pytest.mark.parametrize("length,tile,overlap", [(3048, 384, 24), (880, 384, 24), (600, 128, 24), (129, 128, 8), (50, 128, 24)])
+def test_fitted_spans_keep_the_count_and_shrink_the_tiles(length, tile, overlap):
+    fixed, fitted = spans(length, tile, overlap), spans(length, tile, overlap, fit=True)
+    assert len(fitted) == len(fixed)  # no more windows (and no more forward passes) than before
+    sizes = {e - s for s, e in fitted}
+    assert len(sizes) == 1  # one tile shape per axis: the tiles still batch together
+    size = sizes.pop()
+    assert size <= min(tile, length) and (size % 8 == 0 or size == length)
+    assert fitted[0][0] == 0 and fitted[-1][1] == length
+    for (a0, a1), (b0, b1) in zip(fitted, fitted[1:]):
+        assert a1 - b0 >= overlap
+    # the fewest pixels: 8 px less per window would need another window
+    if len(fitted) > 1 and size - 8 > overlap:
+        n = len(fitted)
+        assert (n - 1) * (size - 8 - overlap) + size - 8 < length
+
+
 def test_ramp_rises_and_falls_smoothly_and_stays_positive():
     w = ramp(100, 20, 10)
     assert w.min() > 0 and torch.all(w[20:90] == 1)

@@ -105,3 +105,29 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert lr_at(99, cfg) == pytest.approx(1e-3)
     assert lr_at(550, cfg) < lr_at(200, cfg)
     assert lr_at(1000, cfg) == pytest.approx(2e-5)
+
+
+def test_the_schedule_spans_a_time_budget_when_it_ends_first():
+    cfg = TrainConfig(out=None, run_dir=None, steps=100_000, lr=1e-3, warmup=0, lr_min_ratio=0.02, minutes=10)
+    assert lr_at(10, cfg, seconds=0) == pytest.approx(1e-3, rel=1e-3)
+    assert lr_at(10, cfg, seconds=300) == pytest.approx(0.5 * (1e-3 + 2e-5), rel=1e-3)  # half the time: half-way
+    assert lr_at(10, cfg, seconds=600) == pytest.approx(2e-5)
+
+
+def test_background_workers_feed_training_and_widening_applies(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 5, size=32)
+    cfg = TrainConfig(out=tmp_path / "w.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      steps=4, batch_size=2, patch=8, warmup=1, holdout=1, val_every=100, threads=1,
+                      workers=2, device="cpu", du_features=True)
+    logs = []
+    summary = train(cfg, log=logs.append)
+    model, meta = load_model(cfg.out)
+    assert model.cfg.du_features  # widened from the tiny model, then trained
+    assert summary["steps"] == 4 and meta["train_config"]["workers"] == 2
+    ckpt = read_weights(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 4
+    # it trained: the weights moved away from the init
+    init = read_weights(tiny_weights)["state_dict"]
+    assert any(not torch.equal(init[k], ckpt["state_dict"][k]) for k in init if k in ckpt["state_dict"]
+               and init[k].shape == ckpt["state_dict"][k].shape)
