@@ -112,6 +112,9 @@ def default_output(path: Path) -> Path:
     return folder.parent / f"{folder.name}_srpie"
 
 
+PREVIEW_SUFFIX = "_srpie_preview"  # srpie preview's default sheet name: <photo>_srpie_preview.png
+
+
 def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path]:
     """Files below ``root``, sorted, recursively; hidden entries and ``skip`` folders left out.
     Folder symlinks are followed once (a loop ends there); an unreadable folder is recorded
@@ -141,10 +144,15 @@ def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path
             if is_dir:
                 if p.resolve() not in skip:
                     yield from visit(p)
-            elif images.format_of(p):
+            elif images.format_of(p) and not is_preview_sheet(p):
                 yield p
 
     yield from visit(root)
+
+
+def is_preview_sheet(path: Path) -> bool:
+    """A comparison sheet ``srpie preview`` left beside a photo: not a photo of the shoot."""
+    return path.stem.endswith(PREVIEW_SUFFIX)
 
 
 def _out_suffix(src: Path, source_kind: str, fmt: str) -> str:

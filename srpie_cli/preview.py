@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from srpie_cli import SrpieError
 from srpie_cli import images
-from srpie_cli.batch import Settings, enhance_photo, load_for_inference
+from srpie_cli.batch import PREVIEW_SUFFIX, Settings, enhance_photo, load_for_inference
 
 GAP = 8  # pixels between panels
 LABEL_H = 18  # caption band above each panel
@@ -70,7 +70,7 @@ def preview(*, photo: Path, output: Path | None = None, settings: Settings = Set
     """Write the comparison sheet for ``photo`` (PNG or JPEG by the output's extension) and
     return its path; default ``<name>_srpie_preview.png`` beside the photo."""
     photo = Path(photo)
-    output = Path(output) if output else photo.with_name(f"{photo.stem}_srpie_preview.png")
+    output = Path(output) if output else photo.with_name(f"{photo.stem}{PREVIEW_SUFFIX}.png")
     if output.resolve() == photo.resolve():
         raise SrpieError(f"{output}: would overwrite the photo")
     fmt = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(output.suffix.lower())

@@ -132,6 +132,10 @@ def test_preview_sheet(tmp_path, tiny_model):
     with Image.open(sheet) as im:
         assert im.width >= 2 * 64 and im.height > 48 + 16 * 3
     assert runner.invoke(app, ["preview", str(p), "--model", str(tiny_model), "--at", "2,2"]).exit_code == 2
+    # a later batch run over the folder enhances the photo, not the sheet left beside it
+    from srpie_cli import batch
+
+    assert [j.src.name for j in batch.plan([tmp_path]).jobs] == ["a.jpg"]
 
 
 def test_examples_plan():
