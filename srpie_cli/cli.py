@@ -76,6 +76,7 @@ def train(
     preset: Annotated[Preset, typer.Option(help="Network size.")] = Preset.paper,
     global_skip: Annotated[bool, typer.Option(help="Residual on bicubic (an untrained net starts at bicubic); off only for the ablation.")] = True,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
+    rrelu: Annotated[bool, typer.Option(help="--no-rrelu: MBFNet's RReLU fixed at its inference slope (no random slopes in training; an --init model keeps its output).")] = True,
     du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
     recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
@@ -105,7 +106,7 @@ def train(
         if value is not None:
             rec[name] = value
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, steps=steps,
+                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, rrelu=rrelu, steps=steps,
                       minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout,
                       pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
                       device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)

@@ -54,6 +54,7 @@ class SRPIEConfig:
     dunet: bool = True  # False: the ablation head (a plain conv + PixelShuffle, Table 1 row 11)
     global_skip: bool = True  # residual on I and on bicubic(I^PE); see the module docstring
     du_features: bool = False  # DUNet also sees MBFNet's feature map (see the module docstring)
+    rrelu: bool = True  # MBFNet's RReLU (the paper's); False: the fixed slope RReLU has at inference
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -230,6 +231,15 @@ class MBFNet(nn.Module):
         return (x + y if self.image_skip else y), feat
 
 
+class FixedRReLU(nn.LeakyReLU):
+    """RReLU as it computes at inference (slope (1/8 + 1/3) / 2), in training too. Swapping it
+    for RReLU changes nothing a trained network outputs; training then sees no random slopes,
+    which act like dropout noise and cost a PSNR-trained model its last fractions of a dB."""
+
+    def __init__(self):
+        super().__init__((1 / 8 + 1 / 3) / 2)
+
+
 # ----------------------------------------------------------------------------- PENet
 
 class InvertedResidual(nn.Module):
@@ -370,7 +380,8 @@ class DeepSRPIE(nn.Module):
         if cfg.scale < 1:
             raise ValueError("scale must be >= 1")
         self.h = conv(3, cfg.width, 3)  # the shallow feature H(I), shared by MBFNet and PENet
-        self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip)
+        self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip,
+                             act=nn.RReLU if cfg.rrelu else FixedRReLU)
         self.penet = PENet(cfg.width, cfg.pe_widths)
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
@@ -391,6 +402,15 @@ class DeepSRPIE(nn.Module):
         if self.cfg.global_skip:
             y = y + upsample_bicubic(pe, self.cfg.scale)
         return y
+
+
+def without_rrelu(model: DeepSRPIE) -> DeepSRPIE:
+    """The same network with RReLU fixed at its inference slope (identical outputs in eval)."""
+    from dataclasses import replace
+
+    fixed = DeepSRPIE(replace(model.cfg, rrelu=False))
+    fixed.load_state_dict(model.state_dict())
+    return fixed.train(model.training)
 
 
 def widen(model: DeepSRPIE) -> DeepSRPIE:

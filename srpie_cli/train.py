@@ -24,7 +24,7 @@ from srpie_cli import SrpieError, __version__
 from srpie_cli.data import PairSet, PhotoSet, batch
 from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
 from srpie_cli.losses import HybridLoss, LossWeights
-from srpie_cli.model import DeepSRPIE, config_for, widen
+from srpie_cli.model import DeepSRPIE, config_for, widen, without_rrelu
 from srpie_cli.weights import build, read_weights, save_weights
 
 
@@ -38,6 +38,7 @@ class TrainConfig:
     preset: str = "paper"
     global_skip: bool = True  # off only to measure what it is worth
     du_features: bool = False  # DUNet sees MBFNet's features (model.py); widens an --init model without them
+    rrelu: bool = True  # False: RReLU fixed at its inference slope (model.py), also for an --init model
     init: str | None = None  # weights to start from (fine-tuning)
     steps: int = 2000
     minutes: float | None = None  # total wall-time budget (earlier runs of a resume count); the schedule spans it
@@ -146,8 +147,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         model, _ = load_model(cfg.init)
         if cfg.du_features and not model.cfg.du_features:
             model = widen(model)
+        if not cfg.rrelu and model.cfg.rrelu:
+            model = without_rrelu(model)
     else:
-        model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features))
+        model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features,
+                                     rrelu=cfg.rrelu))
     scale = model.scale
     pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout) if cfg.pairs else (None, None)
     loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, count_parameters, decompose, widen,
+from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, count_parameters, decompose, widen, without_rrelu,
                              flops_per_input_pixel, local_transform, upsample_bicubic)
 
 PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D
@@ -137,3 +137,15 @@ def test_du_features_config_builds_and_round_trips():
     assert not SRPIEConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "du_features"}).du_features
     with pytest.raises(ValueError):
         DeepSRPIE(config_for("fast", du_features=True, dunet=False))
+
+
+def test_fixed_rrelu_keeps_the_inference_output_and_trains_without_random_slopes():
+    model = perturbed(config_for("fast"), std=0.05)
+    fixed = without_rrelu(model)
+    x = torch.rand(1, 3, 18, 22) - 0.3  # negative inputs reach the activations
+    with torch.no_grad():
+        assert torch.equal(fixed.eval()(x), model.eval()(x))
+        model.train(), fixed.train()
+        assert not torch.equal(model(x), model(x))  # RReLU draws new slopes every pass
+        assert torch.equal(fixed(x), fixed(x))
+    assert not fixed.cfg.rrelu and SRPIEConfig.from_dict(fixed.cfg.to_dict()) == fixed.cfg
