@@ -95,7 +95,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: all).")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option(min=0, help="Processes making batches in the background (a GPU needs several); 0: none, and a resume is bit-exact.")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Processes making batches in the background (a GPU needs several); 0: none, and a resume on a CPU without --minutes is bit-exact.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """Train or fine-tune a model on good photos and/or (before, after) pairs."""
@@ -117,7 +117,8 @@ def train(
             columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.1e}"), TimeRemainingColumn())
             with Progress(*columns, console=err) as bar:
-                task = bar.add_task("train", total=cfg.steps, loss=0.0, lr=cfg.lr)
+                # with a time budget the step count is not known ahead: the bar shows progress only
+                task = bar.add_task("train", total=None if cfg.minutes else cfg.steps, loss=0.0, lr=cfg.lr)
                 summary = run_train(cfg, log=lambda m: bar.console.print(m, highlight=False),
                                     on_step=lambda step, loss, lr: bar.update(task, completed=step, loss=loss, lr=lr))
         else:  # cron / nohup: one line every 20 steps

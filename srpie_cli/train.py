@@ -43,7 +43,7 @@ class TrainConfig:
     steps: int = 2000
     minutes: float | None = None  # total wall-time budget (earlier runs of a resume count); the schedule spans it
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    workers: int = 0  # background processes making batches; 0: in this process (exact resume)
+    workers: int = 0  # background processes making batches; 0: in this process (exact resume on a CPU)
     batch_size: int = 16
     patch: int = 48  # low-resolution patch side
     lr: float = 1e-3
@@ -146,6 +146,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
 
         model, _ = load_model(cfg.init)
         if cfg.du_features and not model.cfg.du_features:
+            if not model.cfg.dunet:
+                raise SrpieError(f"{cfg.init}: --du-features needs a model with DUNet (this one has the PixelShuffle head)")
             model = widen(model)
         if not cfg.rrelu and model.cfg.rrelu:
             model = without_rrelu(model)
@@ -175,6 +177,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
                                              pin_memory=device.type == "cuda")
         stream = iter(loader)
     if device.type == "cuda":
+        if device.index is not None:
+            torch.cuda.set_device(device)  # pinned copies and validation use it too, not GPU 0
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     # channels-last: ~15% faster steps on CPU, and the layout cuDNN's tensor-core kernels want
@@ -228,9 +232,29 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
                                                       "torch_rng": torch.get_rng_state()})
 
     # ---- the loop
+    def check(loss: torch.Tensor) -> float:
+        """The loss as a number (this waits for the device, so it runs only when needed:
+        every 20 steps and before anything is validated or saved); a non-finite loss stops
+        the run before it can overwrite a good checkpoint."""
+        v = loss.item()
+        if not math.isfinite(v):
+            raise SrpieError(f"loss is not finite at step {step}; lower the learning rate")
+        return v
+
+    def validate_and_keep_best():
+        nonlocal best, last_res
+        last_res = validate()
+        history.append({"step": step, **last_res})
+        log(f"step {step} validation {last_res}")
+        if key(last_res) > best:
+            best = key(last_res)
+            save_weights(cfg.out, model, summary(last_res))
+            log(f"step {step}: best so far, wrote {cfg.out}")
+
     start = time.time()
     seconds0, step0 = seconds, step
     last_res: dict = {}
+    value, loss = math.nan, None
     while step < cfg.steps:
         if cfg.minutes is not None and seconds >= 60 * cfg.minutes:
             log(f"time budget of {cfg.minutes} min reached at step {step}")
@@ -245,36 +269,28 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         opt.step()
         step += 1
         seconds = seconds0 + time.time() - start
-        if step % 20 == 0 or on_step or step == 1:  # .item() waits for the device: not every step
-            value = loss.item()
-            if not math.isfinite(value):
-                raise SrpieError(f"loss is not finite at step {step}; lower the learning rate")
-            if step % 20 == 0:
-                rate = (step - step0) / max(1e-9, seconds - seconds0)
-                left = (1 - progress(step, seconds, cfg)) * (cfg.minutes * 60 if cfg.minutes else cfg.steps / rate)
-                log(f"step {step}/{cfg.steps} loss {value:.5f} lr {lr:.2e} {seconds / 60:.1f} min, "
-                    f"{rate:.1f} steps/s, ETA {left / 60:.0f} min")
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            last_res = validate()
-            history.append({"step": step, **last_res})
-            log(f"step {step} validation {last_res}")
-            if key(last_res) > best:
-                best = key(last_res)
-                save_weights(cfg.out, model, summary(last_res))
-                log(f"step {step}: best so far, wrote {cfg.out}")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        validating = step % cfg.val_every == 0 or step == cfg.steps
+        saving = step % cfg.ckpt_every == 0 or step == cfg.steps
+        if step % 20 == 0 or step == 1 or validating or saving:
+            value = check(loss)
+        if step % 20 == 0:
+            rate = (step - step0) / max(1e-9, seconds - seconds0)
+            left = (cfg.steps - step) / rate
+            if cfg.minutes is not None:
+                left = min(left, 60 * cfg.minutes - seconds)
+            log(f"step {step}/{cfg.steps} loss {value:.5f} lr {lr:.2e} {seconds / 60:.1f} min, "
+                f"{rate:.1f} steps/s, ETA {max(0.0, left) / 60:.0f} min")
+        if validating:
+            validate_and_keep_best()
+        if saving:
             save_checkpoint()
         if on_step:
-            on_step(step, value, lr)
-    save_checkpoint()
+            on_step(step, value, lr)  # the last loss read, not this step's (no device sync)
+    if loss is not None:
+        value = check(loss)
     if cfg.minutes is not None and step < cfg.steps and step % cfg.val_every:  # stopped by the clock: score the end
-        last_res = validate()
-        history.append({"step": step, **last_res})
-        log(f"step {step} validation {last_res}")
-        if key(last_res) > best:
-            best = key(last_res)
-            save_weights(cfg.out, model, summary(last_res))
-            log(f"step {step}: best so far, wrote {cfg.out}")
+        validate_and_keep_best()
+    save_checkpoint()  # after the last validation, so a resume knows its best
     if not cfg.out.exists():  # no validation ran: write what we have
         last_res = validate()
         save_weights(cfg.out, model, summary(last_res))

@@ -1,5 +1,7 @@
 """Training: resume continues exactly, and fine-tuning learns a studio's house look."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,18 @@ def test_background_workers_feed_training_and_widening_applies(tmp_path, tiny_we
     init = read_weights(tiny_weights)["state_dict"]
     assert any(not torch.equal(init[k], ckpt["state_dict"][k]) for k in init if k in ckpt["state_dict"]
                and init[k].shape == ckpt["state_dict"][k].shape)
+
+
+def test_a_run_stopped_by_the_clock_scores_its_end_and_checkpoints_that(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 4, size=32)
+    cfg = TrainConfig(out=tmp_path / "c.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      steps=1000, minutes=1e-4, batch_size=2, patch=8, warmup=0, holdout=1, val_every=500, threads=1)
+    logs = []
+    train(cfg, log=logs.append)
+    assert any("time budget" in m for m in logs)
+    ckpt = read_weights(tmp_path / "run" / "last.pt")
+    assert 0 < ckpt["step"] < 1000
+    assert ckpt["history"] and ckpt["history"][-1]["step"] == ckpt["step"]  # the end was scored
+    assert math.isfinite(ckpt["best"])  # and the checkpoint knows that score
+    assert cfg.out.is_file()
