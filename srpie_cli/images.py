@@ -328,9 +328,25 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
         raise SrpieError(f"{path}: corrupt or truncated ({_short(e)})") from None
     if fmt == "png" and rgb.dtype == np.uint8 and _png_bit_depth(path) == 16:
-        notes.append("16-bit RGB PNG read at 8 bits (Pillow holds no deeper RGB); use TIFF for 16-bit")
+        rgb, alpha = _png16(path, rgb, alpha, notes)
     return Photo(orient(rgb, o), orient(alpha, o) if alpha is not None else None, exif,
                  _rgb_icc(icc, notes), xmp, fmt or "image", clean_irb(irb, notes), notes)
+
+
+def _png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The full 16 bits of an RGB(A) PNG (Pillow holds no RGB deeper than 8), through
+    imagecodecs; Pillow's 8-bit pixels, with a note, where that cannot be done."""
+    try:
+        import imagecodecs
+
+        a = imagecodecs.png_decode(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - any failure here falls back to Pillow's pixels
+        notes.append(f"16-bit RGB PNG read at 8 bits ({_short(e)})")
+        return rgb, alpha
+    if a.dtype != np.uint16 or a.ndim != 3 or a.shape[:2] != rgb.shape[:2] or a.shape[2] not in (3, 4):
+        notes.append("16-bit RGB PNG read at 8 bits")
+        return rgb, alpha
+    return np.ascontiguousarray(a[..., :3]), (np.ascontiguousarray(a[..., 3]) if a.shape[2] == 4 else None)
 
 
 def _png_bit_depth(path: Path) -> int:

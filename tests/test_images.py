@@ -313,3 +313,21 @@ def test_a_16_bit_lzw_tiff_keeps_16_bits(tmp_path):
     photo = images.read_photo(tmp_path / "lzw16.tif")
     assert photo.bits == 16
     assert not any("read at" in n for n in photo.notes)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16_bit_png_keeps_16_bits(tmp_path, channels):
+    import imagecodecs
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 65536, size=(20, 30, channels), dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    path.write_bytes(imagecodecs.png_encode(a))
+    photo = images.read_photo(path)
+    assert photo.pixels.dtype == np.uint16 and photo.bits == 16
+    assert np.array_equal(photo.pixels, a[..., :3])  # not rounded through 8 bits
+    if channels == 4:
+        assert np.array_equal(photo.alpha, a[..., 3])
+    else:
+        assert photo.alpha is None
+    assert not any("8 bits" in n for n in photo.notes)
