@@ -328,7 +328,8 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
                        fit=not getattr(model, "compiled", False))
     x = torch.from_numpy(images.to_float(photo.pixels)).permute(2, 0, 1)[None].contiguous()
     y = upscale(model, x, opts, on_retry=on_retry)
-    pixels = images.from_float(y[0].permute(1, 2, 0).numpy(), photo.bits)
+    pixels = images.from_float(y[0].permute(1, 2, 0).numpy(), photo.bits, overwrite=True)  # y is ours
+    del y, x
     alpha = None
     if photo.alpha is not None:
         a = torch.from_numpy(images.to_float(photo.alpha))[None, None]

@@ -331,3 +331,18 @@ def test_a_16_bit_png_keeps_16_bits(tmp_path, channels):
     else:
         assert photo.alpha is None
     assert not any("8 bits" in n for n in photo.notes)
+
+
+def test_from_float_rounds_clips_and_can_work_in_place():
+    a = np.array([[[-0.2, 0.5, 1.3], [0.25, 0.75, 1.0]]], dtype=np.float32)  # 1 x 2 x 3
+    want8 = np.array([[[0, 128, 255], [64, 191, 255]]], dtype=np.uint8)
+    assert np.array_equal(images.from_float(a.copy(), 8), want8)
+    chw = np.ascontiguousarray(a.transpose(2, 0, 1))  # the network's layout, viewed as HWC below
+    view = chw.transpose(1, 2, 0)
+    out = images.from_float(view, 16, overwrite=True)
+    assert out.dtype == np.uint16 and out.flags.c_contiguous
+    assert np.array_equal(out, np.rint(np.clip(a, 0, 1) * 65535).astype(np.uint16))
+    assert chw.max() > 1.0  # overwrite=True worked in the caller's buffer (now scaled to 16 bits)
+    b = a.copy()
+    images.from_float(b, 8)
+    assert np.array_equal(b, a)  # and by default the input is left alone
