@@ -182,7 +182,7 @@ def models():
     from srpie_cli.weights import SHIPPED, load_model
 
     table = Table(title="srpie models")
-    for col in ("name", "parameters", "what", "trained", "scores"):
+    for col in ("name", "parameters", "what", "last training run", "scores"):
         table.add_column(col)
     for name, entry in SHIPPED.items():
         try:
