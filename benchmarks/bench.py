@@ -1,7 +1,7 @@
 """srpie speed benchmark: throughput, achieved FLOP/s, peers, tiling overhead, peak memory.
 
     python benchmarks/bench.py --quick          # CI smoke run: tiny sizes, seconds
-    python benchmarks/bench.py                  # full run by hand (about 15 min on 2 cores)
+    python benchmarks/bench.py                  # full run by hand
     python benchmarks/bench.py --json out.json  # also write every figure as JSON
 
 Everything that is compared is measured in this one process, interleaved round-robin

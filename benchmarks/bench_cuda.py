@@ -1,6 +1,6 @@
 """srpie CUDA benchmark: the network and the tiled photo path on a GPU, beside the peers.
 
-    python benchmarks/bench_cuda.py                  # about a minute on a data-centre GPU
+    python benchmarks/bench_cuda.py                  # the full run
     python benchmarks/bench_cuda.py --json out.json  # also write every figure as JSON
     python benchmarks/bench_cuda.py --smoke          # tiny sizes, runs on a CPU too (tests)
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import flops_per_pixel, peak_rss_gb, srpie  # noqa: E402
+from benchmarks.bench import timed as bench_timed  # noqa: E402
 from benchmarks.peers import PEERS  # noqa: E402
 from srpie_cli.accel import prepare  # noqa: E402
 from srpie_cli.tiling import DEFAULT_TILE, TileOptions, upscale  # noqa: E402
@@ -49,17 +49,18 @@ def sync() -> None:
 
 
 def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Best seconds per call, device synchronised, one warm-up each, rounds interleaved."""
-    runs: dict[str, list[float]] = {k: [] for k in fns}
-    for rep in range(reps + 1):
-        for name, fn in fns.items():
+    """``bench.timed`` with the device synchronised around every call: best seconds per
+    call, and each median under ``"<name> (median)"``."""
+
+    def synced(fn):
+        def run():
             sync()
-            t = time.perf_counter()
             fn()
             sync()
-            if rep:
-                runs[name].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in runs.items()} | {f"{k} (median)": statistics.median(v) for k, v in runs.items()}
+        return run
+
+    res = bench_timed({k: synced(fn) for k, fn in fns.items()}, reps)
+    return {k: r["best"] for k, r in res.items()} | {f"{k} (median)": r["median"] for k, r in res.items()}
 
 
 def matmul_peaks() -> dict[str, float]:

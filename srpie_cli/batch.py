@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from srpie_cli import SrpieError, __version__
 from srpie_cli import images
 from srpie_cli.images import DEFAULT_MAX_MEGAPIXELS, DEFAULT_QUALITY, Photo

@@ -35,7 +35,7 @@ Readings of the ambiguous parts (see also the project README):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -404,28 +404,27 @@ class DeepSRPIE(nn.Module):
         return y
 
 
+def _rebuilt(model: DeepSRPIE, state: dict | None = None, **changes) -> DeepSRPIE:
+    """A new network with ``changes`` to ``model``'s config, loaded with ``state`` (default:
+    the model's own), in the model's train/eval mode."""
+    new = DeepSRPIE(replace(model.cfg, **changes))
+    new.load_state_dict(model.state_dict() if state is None else state)
+    return new.train(model.training)
+
+
 def without_rrelu(model: DeepSRPIE) -> DeepSRPIE:
     """The same network with RReLU fixed at its inference slope (identical outputs in eval)."""
-    from dataclasses import replace
-
-    fixed = DeepSRPIE(replace(model.cfg, rrelu=False))
-    fixed.load_state_dict(model.state_dict())
-    return fixed.train(model.training)
+    return _rebuilt(model, rrelu=False)
 
 
 def widen(model: DeepSRPIE) -> DeepSRPIE:
     """The same network with ``du_features`` on: every trained weight copied, DUNet's new
     feature inputs at zero, so it computes the same function until trained further."""
-    from dataclasses import replace
-
-    wide = DeepSRPIE(replace(model.cfg, du_features=True))
     state = model.state_dict()
     for name in ("up.top1.weight", "up.bot1.weight"):
-        w = wide.state_dict()[name].clone()
-        w[:, :3] = state[name]
-        state[name] = w
-    wide.load_state_dict(state)
-    return wide.train(model.training)
+        w = state[name]
+        state[name] = torch.cat([w, w.new_zeros(w.shape[0], model.cfg.width, *w.shape[2:])], dim=1)
+    return _rebuilt(model, state, du_features=True)
 
 
 def upsample_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:

@@ -287,7 +287,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         if on_step:
             on_step(step, value, lr)  # the last loss read, not this step's (no device sync)
     if loss is not None:
-        value = check(loss)
+        check(loss)  # before the checkpoint below
     if cfg.minutes is not None and step < cfg.steps and step % cfg.val_every:  # stopped by the clock: score the end
         validate_and_keep_best()
     save_checkpoint()  # after the last validation, so a resume knows its best
