@@ -58,23 +58,28 @@ class Prepared(nn.Module):
         return self.model.scale
 
     @property
+    def cfg(self):
+        return getattr(self.model, "cfg", None)
+
+    @property
     def compiled(self) -> bool:
         return self._compiled is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        """``context``: the global context of networks that take one (``model.wants_context``)."""
         if self.split and x.shape[0] > 1:
-            return torch.cat([self._run(x[k:k + 1]) for k in range(x.shape[0])])
-        return self._run(x)
+            return torch.cat([self._run(x[k:k + 1], *context) for k in range(x.shape[0])])
+        return self._run(x, *context)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         if self._compiled is not None:
             try:
-                return self._compiled(x)
+                return self._compiled(x, *context)
             except torch._dynamo.exc.TorchDynamoException as e:
                 object.__setattr__(self, "_compiled", None)
                 if self.on_fallback:
                     self.on_fallback(f"torch.compile failed, running eager: {str(e).splitlines()[0][:160]}")
-        return self.model(x)
+        return self.model(x, *context)
 
 
 def can_compile(device: torch.device) -> str | None:

@@ -78,6 +78,7 @@ def train(
     init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
     rrelu: Annotated[bool, typer.Option(help="--no-rrelu: MBFNet's RReLU fixed at its inference slope (no random slopes in training; an --init model keeps its output).")] = True,
     du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
+    global_context: Annotated[bool, typer.Option("--global-context", help="PENet also sees a thumbnail of the whole photo, so the look does not depend on the tile (added to an --init model that lacks it, keeping its output).")] = False,
     recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
     minutes: Annotated[Optional[float], typer.Option(help="Wall-time budget in minutes, resumes included; the schedule ends with whichever of --steps and --minutes ends first.")] = None,
@@ -106,7 +107,7 @@ def train(
         if value is not None:
             rec[name] = value
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, rrelu=rrelu, steps=steps,
+                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, steps=steps,
                       minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout,
                       pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
                       device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)

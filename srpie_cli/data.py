@@ -1,6 +1,9 @@
 """Training data: synthetic pairs from good photos, and a studio's own (before, after) pairs.
 
-Patches are float32 H x W x 3 in [0, 1]; ``batch`` turns lists of them into NCHW tensors.
+Patches are float32 H x W x 3 in [0, 1]. Every sample is (lr, hr, context): the context is
+the 64 x 64 thumbnail of the whole photo the low-resolution patch was cut from, as the
+network sees it at inference (``model.context_thumbnail``), flipped and damaged as the patch
+was. ``batch`` turns lists of samples into NCHW tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 from PIL import Image
 
 from srpie_cli import SrpieError
-from srpie_cli.degrade import downscale, make_lr
+from srpie_cli.degrade import downscale, make_lr_and_look
+from srpie_cli.model import context_thumbnail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -49,6 +53,12 @@ def shrink(img: np.ndarray, max_side: int) -> np.ndarray:
         return np.asarray(im.resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS))
 
 
+def thumbnail(img: np.ndarray) -> np.ndarray:
+    """The global-context thumbnail of a float H x W x 3 image, as 64 x 64 x 3 float32."""
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    return context_thumbnail(t)[0].permute(1, 2, 0).numpy()
+
+
 def random_flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """The same random h/v flip and transpose for every array of a pair."""
     if rng.random() < 0.5:
@@ -66,6 +76,11 @@ class PhotoSet:
 
     images: list[np.ndarray]
     names: list[str]
+    thumbs: list[np.ndarray] = field(default_factory=list)  # the context thumbnail of each photo
+
+    def __post_init__(self):
+        if not self.thumbs:
+            self.thumbs = [thumbnail(to_float(a)) for a in self.images]
 
     @classmethod
     def from_folders(cls, folders: list[Path], max_side: int = 1600, min_side: int = 64) -> "PhotoSet":
@@ -80,16 +95,21 @@ class PhotoSet:
             raise SrpieError(f"no usable photos in {', '.join(map(str, folders))}")
         return cls(images, names)
 
-    def sample(self, rng: np.random.Generator, patch: int, scale: int, enhance: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(lr, hr) with lr ``patch`` x ``patch``; images drawn in proportion to their area."""
+    def sample(self, rng: np.random.Generator, patch: int, scale: int,
+               enhance: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lr, hr, context) with lr ``patch`` x ``patch``; images drawn in proportion to
+        their area; the context gets the patch's look damage (not its blur, noise or JPEG,
+        which a thumbnail averages away)."""
         areas = np.array([a.shape[0] * a.shape[1] for a in self.images], dtype=np.float64)
-        img = self.images[rng.choice(len(self.images), p=areas / areas.sum())]
+        k = rng.choice(len(self.images), p=areas / areas.sum())
+        img = self.images[k]
         size = patch * scale
         h, w = img.shape[:2]
         size = min(size, h - h % scale, w - w % scale)
         y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-        hr = random_flip([to_float(img[y:y + size, x:x + size])], rng)[0]
-        return make_lr(hr, scale, rng, enhance=enhance), hr
+        hr, thumb = random_flip([to_float(img[y:y + size, x:x + size]), self.thumbs[k]], rng)
+        lr, look = make_lr_and_look(hr, scale, rng, enhance=enhance)
+        return lr, hr, np.clip(look(thumb), 0, 1).astype(np.float32)
 
 
 def match_pairs(before_dir: Path, after_dir: Path) -> list[tuple[Path, Path]]:
@@ -136,6 +156,11 @@ class PairSet:
     pairs: list[tuple[np.ndarray, np.ndarray]]
     names: list[str]
     groups: list[int] = field(default_factory=list)  # which folder each pair came from
+    thumbs: list[np.ndarray] = field(default_factory=list)  # the context thumbnail of each before
+
+    def __post_init__(self):
+        if not self.thumbs:
+            self.thumbs = [thumbnail(lr) for lr, _ in self.pairs]
 
     @classmethod
     def from_folders(cls, folders: list[Path], scale: int, holdout: int = 0) -> tuple["PairSet", "PairSet"]:
@@ -156,19 +181,21 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def sample(self, rng: np.random.Generator, patch: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
-        # folders are drawn uniformly, then a pair: a large set does not drown a small one
+    def sample(self, rng: np.random.Generator, patch: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lr, hr, context). Folders are drawn uniformly, then a pair: a large set does not
+        drown a small one."""
         group = rng.choice(sorted(set(self.groups)))
         members = [i for i, g in enumerate(self.groups) if g == group]
-        lr, hr = self.pairs[members[rng.integers(len(members))]]
+        k = members[rng.integers(len(members))]
+        lr, hr = self.pairs[k]
         p = min(patch, lr.shape[0], lr.shape[1])
         y, x = rng.integers(0, lr.shape[0] - p + 1), rng.integers(0, lr.shape[1] - p + 1)
         lr_p = lr[y:y + p, x:x + p]
         hr_p = hr[y * scale:(y + p) * scale, x * scale:(x + p) * scale]
-        return tuple(random_flip([lr_p, hr_p], rng))
+        return tuple(random_flip([lr_p, hr_p, self.thumbs[k]], rng))
 
 
-def batch(patches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lr = torch.from_numpy(np.stack([p[0] for p in patches])).permute(0, 3, 1, 2).contiguous()
-    hr = torch.from_numpy(np.stack([p[1] for p in patches])).permute(0, 3, 1, 2).contiguous()
-    return lr, hr
+def batch(samples: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+    """(lr, hr, context) samples -> (lr, hr, context) NCHW tensors."""
+    return tuple(torch.from_numpy(np.stack([s[i] for s in samples])).permute(0, 3, 1, 2).contiguous()
+                 for i in range(len(samples[0])))

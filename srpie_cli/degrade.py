@@ -8,6 +8,8 @@ call them, so a seed fixes the pair (BasicSR's degradations.py is the model for 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -101,21 +103,39 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- samplers
 
-def random_look_damage(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The photographic damage a retoucher fixes, each applied with some probability:
-    exposure +-1.5 EV, gamma, contrast, saturation, white-balance cast, haze."""
+def random_look(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """Draw the photographic damage a retoucher fixes, each kind with some probability:
+    exposure +-1.5 EV, gamma, contrast, saturation, white-balance cast, haze. Returns a
+    function that applies that damage to any image, so a patch and the thumbnail of its
+    whole photo (the network's global context) get the same."""
+    ops: list[Callable[[np.ndarray], np.ndarray]] = []
     if rng.random() < 0.8:
-        img = exposure(img, float(rng.uniform(-1.5, 1.5)))
+        ops.append(partial(exposure, ev=float(rng.uniform(-1.5, 1.5))))
     if rng.random() < 0.4:
-        img = gamma(img, float(np.exp(rng.uniform(-0.35, 0.35))))
+        ops.append(partial(gamma, g=float(np.exp(rng.uniform(-0.35, 0.35)))))
     if rng.random() < 0.5:
-        img = contrast(img, float(rng.uniform(0.6, 1.3)))
+        ops.append(partial(contrast, c=float(rng.uniform(0.6, 1.3))))
     if rng.random() < 0.5:
-        img = saturation(img, float(rng.uniform(0.5, 1.4)))
+        ops.append(partial(saturation, s=float(rng.uniform(0.5, 1.4))))
     if rng.random() < 0.5:
-        img = white_balance(img, tuple(np.exp(rng.uniform(-0.25, 0.25, size=3)).tolist()))
+        ops.append(partial(white_balance, gains=tuple(np.exp(rng.uniform(-0.25, 0.25, size=3)).tolist())))
     if rng.random() < 0.25:
-        img = haze(img, float(rng.uniform(0.03, 0.2)), tuple(rng.uniform(0.85, 1.0, size=3).tolist()))
+        ops.append(partial(haze, lift=float(rng.uniform(0.03, 0.2)), tint=tuple(rng.uniform(0.85, 1.0, size=3).tolist())))
+
+    def apply(img: np.ndarray) -> np.ndarray:
+        for op in ops:
+            img = op(img)
+        return img
+
+    return apply
+
+
+def random_look_damage(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``random_look(rng)`` applied to ``img``."""
+    return random_look(rng)(img)
+
+
+def no_damage(img: np.ndarray) -> np.ndarray:
     return img
 
 
@@ -134,10 +154,18 @@ def make_lr(hr: np.ndarray, scale: int, rng: np.random.Generator | None = None, 
     ``enhance=False``: the SR benchmark degradation (antialiased bicubic, 8-bit).
     ``enhance=True``: random pre-blur, downscale, look damage, then sensor damage.
     """
+    return make_lr_and_look(hr, scale, rng, enhance=enhance)[0]
+
+
+def make_lr_and_look(hr: np.ndarray, scale: int, rng: np.random.Generator | None = None, *,
+                     enhance: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """``make_lr``, and the look damage it applied (``no_damage`` when none), for the
+    thumbnail of the whole photo."""
     if not enhance:
-        return to_uint8(downscale(hr, scale)).astype(np.float32) / 255.0
+        return to_uint8(downscale(hr, scale)).astype(np.float32) / 255.0, no_damage
     assert rng is not None, "enhance=True needs a generator"
     if rng.random() < 0.5:
         hr = gaussian_blur(hr, float(rng.uniform(0.2, 1.0)))
-    lr = random_look_damage(downscale(hr, scale), rng)
-    return to_uint8(random_sensor_damage(lr, rng)).astype(np.float32) / 255.0
+    look = random_look(rng)
+    lr = look(downscale(hr, scale))
+    return to_uint8(random_sensor_damage(lr, rng)).astype(np.float32) / 255.0, look

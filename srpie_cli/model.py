@@ -31,6 +31,15 @@ Readings of the ambiguous parts (see also the project README):
   HFA output that MBFNet's last conv turns into the image), the way every SR network's
   upsampler sees features. Those weights start at zero, so a network widened from one
   trained without them computes the same function until trained further.
+* Global context (``global_context``, not in the paper): PENet's receptive field is a few
+  dozen pixels, so from a patch or a tile it cannot tell a dark photo from a dark corner
+  of a bright one, nor a low-key portrait that needs nothing from an underexposed frame.
+  With ``global_context`` a small CNN reads a 64 x 64 thumbnail of the *whole* input
+  (``context_thumbnail``) and adds a vector to PENet's bottleneck. Tiled inference computes
+  the thumbnail once per photo and hands the same one to every tile, so tiles agree on the
+  look however small they are; training pairs each patch with the thumbnail of its whole
+  photo, damaged the same way. Its last layer starts at zero (``with_context``), so it too
+  leaves a trained network's output unchanged until trained.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ class SRPIEConfig:
     dunet: bool = True  # False: the ablation head (a plain conv + PixelShuffle, Table 1 row 11)
     global_skip: bool = True  # residual on I and on bicubic(I^PE); see the module docstring
     du_features: bool = False  # DUNet also sees MBFNet's feature map (see the module docstring)
+    global_context: bool = False  # PENet also sees a thumbnail of the whole photo (see the module docstring)
     rrelu: bool = True  # MBFNet's RReLU (the paper's); False: the fixed slope RReLU has at inference
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
@@ -288,7 +298,8 @@ class PENet(nn.Module):
         with torch.no_grad():  # identity transform: M = 0, a = 1
             self.stage9.bias.copy_(torch.tensor([0.0] * 9 + [1.0] * 3))
 
-    def forward(self, h_x):
+    def forward(self, h_x, bias=None):
+        """``bias``: N x w3 added to the bottleneck (the global context), or None."""
         h, w = h_x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
         if ph or pw:
@@ -297,10 +308,38 @@ class PENet(nn.Module):
         s2 = self.stage2(s1)
         s3 = self.stage3(s2)
         y = self.stage45(s3)
+        if bias is not None:
+            y = y + bias[:, :, None, None]
         y = self.stage6(torch.cat([self.up6(y), s3], dim=1))
         y = self.stage7(torch.cat([self.up7(y), s2], dim=1))
         y = self.stage8(torch.cat([self.up8(y), s1], dim=1))
         return self.stage9(y)[..., :h, :w]
+
+
+CONTEXT_SIDE = 64  # the global context is read from a thumbnail this size
+
+
+def context_thumbnail(x: torch.Tensor) -> torch.Tensor:
+    """N x 3 x 64 x 64 area-averaged thumbnail of the whole image (aspect not kept)."""
+    return F.adaptive_avg_pool2d(x, CONTEXT_SIDE)
+
+
+class GlobalContext(nn.Module):
+    """Image-level statistics for PENet: three stride-2 convs on the thumbnail (64 -> 8),
+    mean- and max-pooled, then two linear layers to one vector per image. The last layer
+    starts at zero: no context until trained."""
+
+    def __init__(self, out: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(conv(3, 16, 3, stride=2), nn.ReLU(), conv(16, width, 3, stride=2), nn.ReLU(),
+                                  conv(width, width, 3, stride=2), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, out))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, thumb):
+        f = self.body(thumb)
+        return self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1))
 
 
 def local_transform(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -383,6 +422,7 @@ class DeepSRPIE(nn.Module):
         self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip,
                              act=nn.RReLU if cfg.rrelu else FixedRReLU)
         self.penet = PENet(cfg.width, cfg.pe_widths)
+        self.context = GlobalContext(cfg.pe_widths[2]) if cfg.global_context else None
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
         self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip,
@@ -393,11 +433,18 @@ class DeepSRPIE(nn.Module):
     def scale(self) -> int:
         return self.cfg.scale
 
-    def forward(self, x):
+    def forward(self, x, context=None):
+        """``context``: the thumbnail of the whole photo ``x`` is a part of (1 or N x 3 x 64 x
+        64, from ``context_thumbnail``); None: ``x`` is the whole photo. Ignored by networks
+        without ``global_context``."""
         x_id = decompose(x, self.cfg.gf_radius, self.cfg.gf_eps)
         h_x = self.h(x)
         mbf, feat = self.mbfnet(x, x_id, h_x)
-        pe = local_transform(self.penet(h_x), mbf)
+        bias = None
+        if self.context is not None:
+            thumb = context_thumbnail(x) if context is None else context.to(x.dtype)
+            bias = self.context(thumb).expand(x.shape[0], -1)
+        pe = local_transform(self.penet(h_x, bias), mbf)
         y = self.up(pe, feat) if self.cfg.du_features else self.up(pe)
         if self.cfg.global_skip:
             y = y + upsample_bicubic(pe, self.cfg.scale)
@@ -408,7 +455,9 @@ def _rebuilt(model: DeepSRPIE, state: dict | None = None, **changes) -> DeepSRPI
     """A new network with ``changes`` to ``model``'s config, loaded with ``state`` (default:
     the model's own), in the model's train/eval mode."""
     new = DeepSRPIE(replace(model.cfg, **changes))
-    new.load_state_dict(model.state_dict() if state is None else state)
+    full = new.state_dict()  # parts the change adds keep their initialisation
+    full.update(model.state_dict() if state is None else state)
+    new.load_state_dict(full)
     return new.train(model.training)
 
 
@@ -425,6 +474,17 @@ def widen(model: DeepSRPIE) -> DeepSRPIE:
         w = state[name]
         state[name] = torch.cat([w, w.new_zeros(w.shape[0], model.cfg.width, *w.shape[2:])], dim=1)
     return _rebuilt(model, state, du_features=True)
+
+
+def with_context(model: DeepSRPIE) -> DeepSRPIE:
+    """The same network with ``global_context`` on: every trained weight copied, the context
+    branch's last layer at zero, so it computes the same function until trained further."""
+    return _rebuilt(model, global_context=True)
+
+
+def wants_context(model: nn.Module) -> bool:
+    """Whether ``model`` (a network, or a wrapper with a ``cfg``) reads a global context."""
+    return bool(getattr(getattr(model, "cfg", None), "global_context", False))
 
 
 def upsample_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:

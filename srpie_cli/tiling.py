@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srpie_cli import SrpieError
+from srpie_cli.model import context_thumbnail, wants_context
 
 DEFAULT_TILE = 384  # input pixels; tiles of the same size run as one batch
 # On a CPU smaller tiles run faster per pixel: a 64-channel feature map of a 192 px tile is
@@ -112,7 +113,8 @@ def _clip(a: int, b: int, scale: int, margin: int, length: int) -> tuple[slice, 
 def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap: int,
               tile_batch: int = 4, half: bool = False, fit: bool = True) -> torch.Tensor:
     """Apply ``model`` to ``x`` (1 x 3 x H x W, float32, on the CPU) tile by tile on the
-    model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped.
+    model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped. A network with a
+    global context gets the thumbnail of the whole of ``x`` with every tile.
 
     Memory: besides the tiles in flight, only the reflection-padded input and the output
     itself. Each tile adds its part inside the image straight into the output (the padding
@@ -131,13 +133,14 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
     jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     step = max(1, tile_batch)
     autocast = torch.autocast("cuda", dtype=torch.float16) if (half and device.type == "cuda") else nullcontext()
+    context = context_thumbnail(x).to(device) if wants_context(model) else None
     for k in range(0, len(jobs), step):
         chunk = jobs[k:k + step]
         inp = torch.cat([xp[..., ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in chunk])
         if device.type == "cuda":
             inp = inp.pin_memory().to(device, non_blocking=True)
         with torch.inference_mode(), autocast:
-            res = model(inp).float().cpu()
+            res = (model(inp) if context is None else model(inp, context)).float().cpu()
         for t, (i, j) in zip(res, chunk):
             oy, ty = _clip(*ys[i], scale, margin, h)
             ox, tx = _clip(*xs[j], scale, margin, w)

@@ -24,7 +24,7 @@ from srpie_cli import SrpieError, __version__
 from srpie_cli.data import PairSet, PhotoSet, batch
 from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
 from srpie_cli.losses import HybridLoss, LossWeights
-from srpie_cli.model import DeepSRPIE, config_for, widen, without_rrelu
+from srpie_cli.model import DeepSRPIE, config_for, widen, with_context, without_rrelu
 from srpie_cli.weights import build, read_weights, save_weights
 
 
@@ -38,6 +38,7 @@ class TrainConfig:
     preset: str = "paper"
     global_skip: bool = True  # off only to measure what it is worth
     du_features: bool = False  # DUNet sees MBFNet's features (model.py); widens an --init model without them
+    global_context: bool = False  # PENet sees a thumbnail of the whole photo (model.py); adds it to an --init model
     rrelu: bool = True  # False: RReLU fixed at its inference slope (model.py), also for an --init model
     init: str | None = None  # weights to start from (fine-tuning)
     steps: int = 2000
@@ -98,9 +99,9 @@ def _jsonable(cfg: TrainConfig) -> dict:
 
 
 def sample_batch(rng: np.random.Generator, photos: PhotoSet | None, pairs: PairSet | None, cfg: TrainConfig,
-                 scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch: real pairs (a binomial share when both kinds are given) and
-    synthetic pairs, ``cfg.clean_fraction`` of them undamaged."""
+                 scale: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch (lr, hr, context): real pairs (a binomial share when both kinds
+    are given) and synthetic pairs, ``cfg.clean_fraction`` of them undamaged."""
     n_pairs = 0
     if pairs is not None and len(pairs):
         n_pairs = cfg.batch_size if photos is None else int(rng.binomial(cfg.batch_size, cfg.pair_fraction))
@@ -151,9 +152,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
             model = widen(model)
         if not cfg.rrelu and model.cfg.rrelu:
             model = without_rrelu(model)
+        if cfg.global_context and not model.cfg.global_context:
+            model = with_context(model)
     else:
         model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features,
-                                     rrelu=cfg.rrelu))
+                                     global_context=cfg.global_context, rrelu=cfg.rrelu))
     scale = model.scale
     pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout) if cfg.pairs else (None, None)
     loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)
@@ -195,9 +198,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
 
     # ---- batch function
     def get_batch():
-        lr_t, hr_t = next(stream) if stream is not None else sample_batch(rng, photos, pairs, cfg, scale)
+        lr_t, hr_t, ctx_t = next(stream) if stream is not None else sample_batch(rng, photos, pairs, cfg, scale)
         return (lr_t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                hr_t.to(device, non_blocking=True))
+                hr_t.to(device, non_blocking=True), ctx_t.to(device, non_blocking=True))
 
     def validate() -> dict:
         model.eval()
@@ -262,8 +265,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         lr = lr_at(step, cfg, seconds)
         for g in opt.param_groups:
             g["lr"] = lr
-        lr_t, hr_t = get_batch()
-        loss, _ = loss_fn(model(lr_t), hr_t)
+        lr_t, hr_t, ctx_t = get_batch()
+        loss, _ = loss_fn(model(lr_t, ctx_t), hr_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -55,7 +55,7 @@ def test_pair_crops_stay_aligned_through_flips(tmp_path):
     assert len(train) == 1 and len(held) == 0
     rng = np.random.default_rng(3)
     for _ in range(10):
-        lr, hr = train.sample(rng, 8, 2)
+        lr, hr, _ = train.sample(rng, 8, 2)
         assert lr.shape == (8, 8, 3) and hr.shape == (16, 16, 3)
         assert np.allclose(hr[::2, ::2], lr)
 
@@ -74,8 +74,8 @@ def test_photo_patches_and_batches(tmp_path):
     photos = PhotoSet.from_folders([tmp_path / "p"])
     rng = np.random.default_rng(0)
     items = [photos.sample(rng, 16, 2, enhance=True) for _ in range(3)]
-    lr, hr = batch(items)
-    assert lr.shape == (3, 3, 16, 16) and hr.shape == (3, 3, 32, 32)
+    lr, hr, ctx = batch(items)
+    assert lr.shape == (3, 3, 16, 16) and hr.shape == (3, 3, 32, 32) and ctx.shape == (3, 3, 64, 64)
     with pytest.raises(SrpieError):
         PhotoSet.from_folders([tmp_path / "empty_does_not_exist"])
 
