@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from srpie_cli import SrpieError
-from srpie_cli.data import PairSet, PhotoSet, batch, find_pair_dirs, load_pair, match_pairs
+from srpie_cli.data import PairSet, PhotoSet, batch, find_pair_dirs, load_pair, match_pairs, thumbnail
 from srpie_cli.metrics import psnr, rgb_to_y, ssim
 
 
@@ -92,3 +92,36 @@ def test_psnr_and_ssim_follow_the_protocol():
     assert psnr(c, a, crop_border=2) == float("inf")
     assert rgb_to_y(np.ones((1, 1, 3)))[0, 0] == pytest.approx(235 / 255, abs=1e-3)
     assert ssim(b, a, y_channel=True) < 1
+
+
+def test_the_context_is_the_whole_photo_damaged_like_the_patch(tmp_path):
+    # a photo that is dark on the left and bright on the right: every patch, wherever it is
+    # cut, comes with the thumbnail of both halves
+    a = np.zeros((120, 160, 3), np.uint8)
+    a[:, 80:] = 200
+    (tmp_path / "p").mkdir()
+    Image.fromarray(a).save(tmp_path / "p" / "half.png")
+    photos = PhotoSet.from_folders([tmp_path / "p"])
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        lr, hr, ctx = photos.sample(rng, 16, 2, enhance=False)
+        assert ctx.shape == (64, 64, 3)
+        assert ctx.mean() == pytest.approx(thumbnail(a / 255.0).mean(), abs=1e-4)
+    # a flat grey photo: the damaged patch and the damaged thumbnail agree on its colour
+    Image.fromarray(np.full((96, 96, 3), 120, np.uint8)).save(tmp_path / "p" / "half.png")
+    photos = PhotoSet.from_folders([tmp_path / "p"])
+    for seed in range(8):
+        lr, hr, ctx = photos.sample(np.random.default_rng(seed), 16, 2, enhance=True)
+        assert np.abs(lr.reshape(-1, 3).mean(0) - ctx.reshape(-1, 3).mean(0)).max() < 0.03
+
+
+def test_pair_context_is_the_thumbnail_of_the_whole_before(tmp_path):
+    before = np.zeros((40, 60, 3), np.uint8)
+    before[:, 30:] = 255
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    Image.fromarray(before).save(tmp_path / "before" / "p.png")
+    Image.fromarray(before).save(tmp_path / "after" / "p.png")
+    train, _ = PairSet.from_folders([tmp_path], scale=2, holdout=0)
+    lr, hr, ctx = train.sample(np.random.default_rng(0), 8, 2)
+    assert ctx.mean() == pytest.approx(0.5, abs=0.02)

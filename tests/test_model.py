@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, count_parameters, decompose, widen, without_rrelu,
-                             flops_per_input_pixel, local_transform, upsample_bicubic)
+from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, context_thumbnail, count_parameters, decompose,
+                             flops_per_input_pixel, local_transform, upsample_bicubic, wants_context, widen,
+                             with_context, without_rrelu)
 
 PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D
 
@@ -149,3 +150,29 @@ def test_fixed_rrelu_keeps_the_inference_output_and_trains_without_random_slopes
         assert not torch.equal(model(x), model(x))  # RReLU draws new slopes every pass
         assert torch.equal(fixed(x), fixed(x))
     assert not fixed.cfg.rrelu and SRPIEConfig.from_dict(fixed.cfg.to_dict()) == fixed.cfg
+
+
+def test_adding_the_global_context_keeps_the_function_then_the_context_steers_it():
+    model = perturbed(config_for("fast"), std=0.05).eval()
+    ctx_model = with_context(model).eval()
+    assert ctx_model.cfg.global_context and wants_context(ctx_model) and not wants_context(model)
+    assert SRPIEConfig.from_dict(ctx_model.cfg.to_dict()) == ctx_model.cfg
+    x = torch.rand(2, 3, 24, 20)
+    with torch.no_grad():
+        assert torch.allclose(ctx_model(x), model(x), atol=1e-6)  # the last layer starts at zero
+    ctx_model.train()
+    ctx_model(x).square().mean().backward()
+    assert ctx_model.context.head[-1].weight.grad.abs().sum() > 0  # and it learns
+    with torch.no_grad():
+        torch.nn.init.normal_(ctx_model.context.head[-1].weight, std=1.0)
+        for q in ctx_model.penet.stage9.parameters():  # a PENet that acts: the bottleneck reaches A
+            q.add_(torch.randn_like(q))
+        ctx_model.eval()
+        dark, bright = context_thumbnail(x * 0.2), context_thumbnail(x.clamp(0.6, 1))
+        # the same pixels, told they belong to a different photo, come out differently (an
+        # untrained decoder damps the difference; an ignored context would leave none at all)
+        assert (ctx_model(x, dark) - ctx_model(x, bright)).abs().max() > 1e-5
+        # no context given: the input is the whole photo
+        assert torch.equal(ctx_model(x), ctx_model(x, context_thumbnail(x)))
+        # one thumbnail serves a batch of tiles of one photo
+        assert ctx_model(x, dark[:1]).shape == (2, 3, 48, 40)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from srpie_cli.metrics import psnr
-from srpie_cli.model import config_for, upsample_bicubic
+from srpie_cli.model import SRPIEConfig, config_for, context_thumbnail, upsample_bicubic
 from srpie_cli.tiling import TileOptions, pick_device, ramp, spans, upscale
 from tests.test_model import perturbed
 
@@ -129,3 +129,31 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(SrpieError, match="CUDA is not available"):
             pick_device("cuda:0")
+
+
+class MeanOfContext(torch.nn.Module):
+    """A stand-in context network: bicubic 2x plus the mean of the thumbnail it is given."""
+
+    cfg = SRPIEConfig(global_context=True)
+    scale = 2
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x, context):
+        self.seen.append(context)
+        return upsample_bicubic(x, 2) + context.mean()
+
+
+def test_every_tile_gets_the_thumbnail_of_the_whole_photo():
+    x = smooth_image(96, 130)
+    x[..., :, :40] = 0.0  # a dark left side: the tiles there must still see the whole photo
+    model = MeanOfContext()
+    y = upscale(model, x, TileOptions(tile=40, overlap=8, tile_batch=1))
+    whole = context_thumbnail(x)
+    assert len(model.seen) > 4 and all(torch.equal(c, whole) for c in model.seen)
+    # the tiles of the black side output the mean of the whole photo, not their own 0
+    assert whole.mean() > 0.2
+    assert torch.allclose(y[..., 8:-8, 4:72], whole.mean().expand(1, 3, 176, 68), atol=1e-6)

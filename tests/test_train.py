@@ -116,16 +116,16 @@ def test_the_schedule_spans_a_time_budget_when_it_ends_first():
     assert lr_at(10, cfg, seconds=600) == pytest.approx(2e-5)
 
 
-def test_background_workers_feed_training_and_widening_applies(tmp_path, tiny_weights):
+def test_background_workers_feed_training_and_widening_and_context_apply(tmp_path, tiny_weights):
     pairs = tmp_path / "pairs"
     write_pairs(pairs, 5, size=32)
     cfg = TrainConfig(out=tmp_path / "w.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
                       steps=4, batch_size=2, patch=8, warmup=1, holdout=1, val_every=100, threads=1,
-                      workers=2, device="cpu", du_features=True)
+                      workers=2, device="cpu", du_features=True, global_context=True)
     logs = []
     summary = train(cfg, log=logs.append)
     model, meta = load_model(cfg.out)
-    assert model.cfg.du_features  # widened from the tiny model, then trained
+    assert model.cfg.du_features and model.cfg.global_context  # widened from the tiny model, then trained
     assert summary["steps"] == 4 and meta["train_config"]["workers"] == 2
     ckpt = read_weights(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == 4
