@@ -66,3 +66,19 @@ def test_cuda_benchmark_runs_in_smoke_form_on_a_cpu(tmp_path):
     assert rep["half"]["psnr_half_vs_float32"] > 60  # on a CPU autocast is off: the same output
     assert all(v > 0 for v in rep["ratios"].values())
     assert (tmp_path / "c.json").is_file()
+
+
+def test_tile_consistency_reports_each_model(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.tile_consistency import main as consistency
+
+    rng = np.random.default_rng(0)
+    img = (np.kron(rng.random((6, 8, 3)), np.ones((12, 12, 1))) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "blocks.png")
+    rows = consistency([str(tmp_path / "blocks.png"), "--tile", "32", "--threads", "1",
+                        "--model", "srpie-x2-fast", "--model", "srpie-x2-sr"])
+    assert [r["model"] for r in rows] == ["srpie-x2-fast", "srpie-x2-sr"]
+    for r in rows:
+        assert 0 <= r["levels"] <= 255 and r["psnr"] > 20
