@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from srpie_cli import SrpieError
-from srpie_cli.degrade import downscale, make_lr_and_look
+from srpie_cli.degrade import downscale, make_lr
 from srpie_cli.model import context_thumbnail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -76,11 +76,10 @@ class PhotoSet:
 
     images: list[np.ndarray]
     names: list[str]
-    thumbs: list[np.ndarray] = field(default_factory=list)  # the context thumbnail of each photo
+    thumbs: list[np.ndarray] = field(init=False, repr=False)  # the context thumbnail of each photo
 
     def __post_init__(self):
-        if not self.thumbs:
-            self.thumbs = [thumbnail(to_float(a)) for a in self.images]
+        self.thumbs = [thumbnail(to_float(a)) for a in self.images]
 
     @classmethod
     def from_folders(cls, folders: list[Path], max_side: int = 1600, min_side: int = 64) -> "PhotoSet":
@@ -108,7 +107,7 @@ class PhotoSet:
         size = min(size, h - h % scale, w - w % scale)
         y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         hr, thumb = random_flip([to_float(img[y:y + size, x:x + size]), self.thumbs[k]], rng)
-        lr, look = make_lr_and_look(hr, scale, rng, enhance=enhance)
+        lr, look = make_lr(hr, scale, rng, enhance=enhance)
         return lr, hr, np.clip(look(thumb), 0, 1).astype(np.float32)
 
 
@@ -156,11 +155,10 @@ class PairSet:
     pairs: list[tuple[np.ndarray, np.ndarray]]
     names: list[str]
     groups: list[int] = field(default_factory=list)  # which folder each pair came from
-    thumbs: list[np.ndarray] = field(default_factory=list)  # the context thumbnail of each before
+    thumbs: list[np.ndarray] = field(init=False, repr=False)  # the context thumbnail of each before
 
     def __post_init__(self):
-        if not self.thumbs:
-            self.thumbs = [thumbnail(lr) for lr, _ in self.pairs]
+        self.thumbs = [thumbnail(lr) for lr, _ in self.pairs]
 
     @classmethod
     def from_folders(cls, folders: list[Path], scale: int, holdout: int = 0) -> tuple["PairSet", "PairSet"]:

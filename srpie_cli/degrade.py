@@ -130,11 +130,6 @@ def random_look(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
-def random_look_damage(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``random_look(rng)`` applied to ``img``."""
-    return random_look(rng)(img)
-
-
 def no_damage(img: np.ndarray) -> np.ndarray:
     return img
 
@@ -148,19 +143,14 @@ def random_sensor_damage(img: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return img
 
 
-def make_lr(hr: np.ndarray, scale: int, rng: np.random.Generator | None = None, *, enhance: bool = False) -> np.ndarray:
-    """Low-resolution original for a good photo ``hr``.
+def make_lr(hr: np.ndarray, scale: int, rng: np.random.Generator | None = None, *,
+            enhance: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Low-resolution original for a good photo ``hr``, and the look damage it got
+    (``no_damage`` when none), to apply to the thumbnail of the whole photo.
 
     ``enhance=False``: the SR benchmark degradation (antialiased bicubic, 8-bit).
     ``enhance=True``: random pre-blur, downscale, look damage, then sensor damage.
     """
-    return make_lr_and_look(hr, scale, rng, enhance=enhance)[0]
-
-
-def make_lr_and_look(hr: np.ndarray, scale: int, rng: np.random.Generator | None = None, *,
-                     enhance: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """``make_lr``, and the look damage it applied (``no_damage`` when none), for the
-    thumbnail of the whole photo."""
     if not enhance:
         return to_uint8(downscale(hr, scale)).astype(np.float32) / 255.0, no_damage
     assert rng is not None, "enhance=True needs a generator"
