@@ -88,6 +88,7 @@ class Settings:
     quality: int = DEFAULT_QUALITY
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
+    strength: float = 1.0  # how much of the model's look to apply (model.with_strength)
 
 
 class Listener:
@@ -376,6 +377,10 @@ def load_for_inference(settings: Settings, warn: Callable[[str], None], megapixe
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, meta = load_model(settings.model)
+    if settings.strength != 1.0:
+        from srpie_cli.model import with_strength
+
+        with_strength(model, settings.strength)
     device = pick_device(settings.device)
     if settings.half and device.type != "cuda":
         warn("--half needs a CUDA device; running in float32 on the CPU")

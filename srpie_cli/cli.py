@@ -67,6 +67,9 @@ def main(
     """srpie: joint 2x super-resolution and perceptual enhancement for photo batches."""
 
 
+StrengthOpt = Annotated[float, typer.Option(min=0.0, max=2.0, help="How much of the model's colour and tone correction to apply: 0 none (upscale only), 1 as trained, up to 2. The joint models only.")]
+
+
 @app.command()
 def train(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (best by validation).")],
@@ -79,6 +82,8 @@ def train(
     rrelu: Annotated[bool, typer.Option(help="--no-rrelu: MBFNet's RReLU fixed at its inference slope (no random slopes in training; an --init model keeps its output).")] = True,
     du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
     global_context: Annotated[bool, typer.Option("--global-context", help="PENet also sees a thumbnail of the whole photo, so the look does not depend on the tile (added to an --init model that lacks it, keeping its output).")] = False,
+    look_only: Annotated[bool, typer.Option("--look-only", help="With --init: train only the look (PENet and the global context); the upscaler stays as shipped. About twice as fast a step, and a few house-look pairs cannot cost sharpness.")] = False,
+    look_from: Annotated[Optional[str], typer.Option(help="With --init: keep its upscaler and take the look (PENet and the global context) from this model instead; with --look-only, the look then learns to work on the new upscaler.")] = None,
     recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
     minutes: Annotated[Optional[float], typer.Option(help="Wall-time budget in minutes, resumes included; the schedule ends with whichever of --steps and --minutes ends first.")] = None,
@@ -88,7 +93,8 @@ def train(
     loss: Annotated[Loss, typer.Option(help="l1, or the paper's hybrid loss.")] = Loss.l1,
     vgg: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Local VGG-19 weights for the content loss.")] = None,
     val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="HR folder scored with the SR protocol.")] = None,
-    holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out to validate on.")] = 3,
+    holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out (the last N by name): validated on, unless --val-pairs.")] = 3,
+    val_pairs: Annotated[int, typer.Option(min=0, help="Pairs per folder, before the held-out ones, kept out of training to validate and choose the best file on, so the held-out pairs stay unseen by every choice (0: validate on the held-out pairs).")] = 0,
     pair_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of each batch from real pairs.")] = 0.5,
     clean_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
     val_every: Annotated[int, typer.Option(min=1)] = 250,
@@ -107,8 +113,8 @@ def train(
         if value is not None:
             rec[name] = value
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, steps=steps,
-                      minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout,
+                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, look_only=look_only, look_from=look_from, steps=steps,
+                      minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
                       pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
                       device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
     try:
@@ -136,6 +142,7 @@ def evaluate(
     pairs: Annotated[bool, typer.Option("--pairs", help="FOLDER holds before/ and after/: score RGB against the after.")] = False,
     holdout: Annotated[int, typer.Option(min=0, help="With --pairs: score only the last N pairs (the held-out ones); 0: all.")] = 0,
     tta: Annotated[bool, typer.Option(help="Self-ensemble over four flips.")] = False,
+    strength: StrengthOpt = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Score a model beside bicubic: PSNR/SSIM on Y (2x SR protocol) or RGB on pairs."""
@@ -146,6 +153,10 @@ def evaluate(
 
     try:
         net, meta = load_model(model)
+        if strength != 1.0:
+            from srpie_cli.model import with_strength
+
+            with_strength(net, strength)
         if meta["untrained"]:
             err.print(f"[bold yellow]warning:[/] {model}: no trained weights shipped; scoring an UNTRAINED network")
         opts = TileOptions(tile=0, tta=tta)
@@ -229,11 +240,13 @@ class Compile(str, Enum):
     off = "off"
 
 
-def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile=Compile.auto):
+def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile=Compile.auto,
+              strength=1.0):
     from srpie_cli.batch import Settings
 
     return Settings(model=model, device=device, tile=tile, overlap=overlap, tta=tta, half=half,
-                    quality=quality, max_megapixels=max_megapixels, threads=threads, compile=compile.value)
+                    quality=quality, max_megapixels=max_megapixels, threads=threads, compile=compile.value,
+                    strength=strength)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")]
@@ -343,6 +356,7 @@ def enhance(
     max_megapixels: MaxMpOpt = 150.0,
     threads: ThreadsOpt = 0,
     compile: CompileOpt = Compile.auto,
+    strength: StrengthOpt = 1.0,
 ):
     """Enhance photos at 2x, keeping their metadata; skips what is done, goes on past bad files."""
     from srpie_cli.batch import Interrupted, UsageError, enhance as run_enhance
@@ -351,7 +365,8 @@ def enhance(
     try:
         outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
                               overwrite=overwrite, report=report, listener=listener,
-                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile))
+                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile,
+                                                 strength))
     except UsageError as e:
         raise fail(_esc(e), EXIT_USAGE) from None
     except SrpieError as e:
@@ -382,6 +397,7 @@ def preview(
     at: Annotated[Optional[str], typer.Option(help="Crop centre as fractions X,Y of the width and height (default 0.5,0.5).")] = None,
     max_megapixels: MaxMpOpt = 150.0,
     threads: ThreadsOpt = 0,
+    strength: StrengthOpt = 1.0,
 ):
     """A before/after sheet: bicubic 2x beside srpie 2x, with a zoomed crop of each."""
     from srpie_cli.preview import preview as make_preview
@@ -397,7 +413,8 @@ def preview(
         centre = (cx, cy)
     try:
         path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre,
-                            settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels, threads),
+                            settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels, threads,
+                                              strength=strength),
                             log=lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False))
     except SrpieError as e:
         raise fail(_esc(e), EXIT_FAILED) from None

@@ -179,6 +179,18 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def split(self, last: int) -> tuple["PairSet", "PairSet"]:
+        """(all but the last ``last`` pairs of each folder, those last ones), order kept."""
+        head, tail = ([], [], []), ([], [], [])
+        for g in sorted(set(self.groups)):
+            members = [i for i, gi in enumerate(self.groups) if gi == g]
+            for n, i in enumerate(members):
+                part = tail if n >= len(members) - last else head
+                part[0].append(self.pairs[i])
+                part[1].append(self.names[i])
+                part[2].append(g)
+        return PairSet(*head), PairSet(*tail)
+
     def sample(self, rng: np.random.Generator, patch: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lr, hr, context). Folders are drawn uniformly, then a pair: a large set does not
         drown a small one."""

@@ -65,6 +65,7 @@ class SRPIEConfig:
     du_features: bool = False  # DUNet also sees MBFNet's feature map (see the module docstring)
     global_context: bool = False  # PENet also sees a thumbnail of the whole photo (see the module docstring)
     rrelu: bool = True  # MBFNet's RReLU (the paper's); False: the fixed slope RReLU has at inference
+    own_look_input: bool = False  # PENet reads its own shallow feature, not MBFNet's (see graft_look)
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -270,6 +271,9 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_res else y
 
 
+IDENTITY_TRANSFORM = (0.0,) * 9 + (1.0,) * 3  # A with M = 0, a = 1: PENet changes nothing
+
+
 class PENet(nn.Module):
     """Perceptual enhancement network (Fig. 3): an encoder-decoder on H(I) that predicts the
     12-channel per-pixel transform A at input size.
@@ -295,8 +299,8 @@ class PENet(nn.Module):
         self.stage8 = InvertedResidual(2 * w1, w1)
         self.stage9 = conv(w1, 12, 1)
         nn.init.zeros_(self.stage9.weight)
-        with torch.no_grad():  # identity transform: M = 0, a = 1
-            self.stage9.bias.copy_(torch.tensor([0.0] * 9 + [1.0] * 3))
+        with torch.no_grad():
+            self.stage9.bias.copy_(torch.tensor(IDENTITY_TRANSFORM))
 
     def forward(self, h_x, bias=None):
         """``bias``: N x w3 added to the bottleneck (the global context), or None."""
@@ -422,6 +426,7 @@ class DeepSRPIE(nn.Module):
         self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip,
                              act=nn.RReLU if cfg.rrelu else FixedRReLU)
         self.penet = PENet(cfg.width, cfg.pe_widths)
+        self.pe_h = conv(3, cfg.width, 3) if cfg.own_look_input else None  # PENet's own H(I)
         self.context = GlobalContext(cfg.pe_widths[2]) if cfg.global_context else None
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
@@ -444,7 +449,7 @@ class DeepSRPIE(nn.Module):
         if self.context is not None:
             thumb = context_thumbnail(x) if context is None else context.to(x.dtype)
             bias = self.context(thumb).expand(x.shape[0], -1)
-        pe = local_transform(self.penet(h_x, bias), mbf)
+        pe = local_transform(self.penet(h_x if self.pe_h is None else self.pe_h(x), bias), mbf)
         y = self.up(pe, feat) if self.cfg.du_features else self.up(pe)
         if self.cfg.global_skip:
             y = y + upsample_bicubic(pe, self.cfg.scale)
@@ -480,6 +485,43 @@ def with_context(model: DeepSRPIE) -> DeepSRPIE:
     """The same network with ``global_context`` on: every trained weight copied, the context
     branch's last layer at zero, so it computes the same function until trained further."""
     return _rebuilt(model, global_context=True)
+
+
+LOOK_PARTS = ("penet", "pe_h", "context")  # what a graft moves and --look-only trains: the look
+
+
+def graft_look(upscaler: DeepSRPIE, look: DeepSRPIE) -> DeepSRPIE:
+    """``upscaler``'s shallow feature, MBFNet and DUNet with ``look``'s PENet and global
+    context: a joint model whose strength 0 (``with_strength``) is exactly ``upscaler``
+    (PENet then reads its own shallow feature, ``own_look_input``, taken from ``look``'s).
+    Fine-tuned with ``--look-only``, the look learns to work on this upscaler's MBFNet output
+    while the upscaler stays as it is."""
+    a, b = upscaler.cfg, look.cfg
+    if (a.scale, a.width, a.pe_widths) != (b.scale, b.width, b.pe_widths):
+        raise ValueError("graft_look: the two networks differ in scale, width or PENet widths")
+    new = DeepSRPIE(replace(a, own_look_input=True, global_context=b.global_context))
+    state = {k: v for k, v in upscaler.state_dict().items() if k.split(".")[0] not in LOOK_PARTS}
+    state.update({k: v for k, v in look.state_dict().items() if k.split(".")[0] in LOOK_PARTS})
+    if not b.own_look_input:  # the look read the shared H(I): it keeps reading that conv's weights
+        state.update({"pe_h." + k.split(".", 1)[1]: v for k, v in look.state_dict().items() if k.startswith("h.")})
+    new.load_state_dict(state)
+    return new.train(upscaler.training)
+
+
+def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
+    """The look applied at ``strength``: PENet's per-pixel transform A becomes
+    I + strength (A - I), so 0 leaves colour and tone to the upscaler alone, 1 is the look as
+    trained, and values between scale the correction (above 1 exaggerates it). A is linear in
+    PENet's last 1x1 conv, so the scaling is folded into that conv's weights: no cost at
+    inference. Changes ``model`` in place and returns it."""
+    if not 0 <= strength <= 2:
+        raise ValueError(f"strength {strength} outside 0..2")
+    last = model.penet.stage9
+    ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)
+    with torch.no_grad():
+        last.weight.mul_(strength)
+        last.bias.copy_(ident + strength * (last.bias - ident))
+    return model
 
 
 def wants_context(model: nn.Module) -> bool:

@@ -24,7 +24,7 @@ from srpie_cli import SrpieError, __version__
 from srpie_cli.data import PairSet, PhotoSet, batch
 from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
 from srpie_cli.losses import HybridLoss, LossWeights
-from srpie_cli.model import DeepSRPIE, config_for, widen, with_context, without_rrelu
+from srpie_cli.model import DeepSRPIE, config_for, graft_look, LOOK_PARTS, widen, with_context, without_rrelu
 from srpie_cli.weights import build, read_weights, save_weights
 
 
@@ -40,6 +40,8 @@ class TrainConfig:
     du_features: bool = False  # DUNet sees MBFNet's features (model.py); widens an --init model without them
     global_context: bool = False  # PENet sees a thumbnail of the whole photo (model.py); adds it to an --init model
     rrelu: bool = True  # False: RReLU fixed at its inference slope (model.py), also for an --init model
+    look_only: bool = False  # train PENet and the context only; the upscaler stays as it is (see frozen_parts)
+    look_from: str | None = None  # start the look (PENet, the context) from this model's: model.graft_look
     init: str | None = None  # weights to start from (fine-tuning)
     steps: int = 2000
     minutes: float | None = None  # total wall-time budget (earlier runs of a resume count); the schedule spans it
@@ -54,7 +56,9 @@ class TrainConfig:
     vgg: Path | None = None  # local VGG-19 weights for the content loss
     pair_fraction: float = 0.5  # share of each batch from real pairs when both kinds are given
     clean_fraction: float = 0.3  # synthetic pairs left undamaged: a good photo must stay as it is
-    holdout: int = 3  # pairs per folder kept out of training for validation
+    holdout: int = 3  # pairs per folder kept out of training (the last ones): validated on, unless val_pairs
+    val_pairs: int = 0  # pairs per folder before the held-out ones, also kept out: validation and model
+    # selection use these, so the held-out pairs stay unseen by every choice the run makes
     val: Path | None = None  # HR folder scored with the SR protocol
     val_every: int = 250
     ckpt_every: int = 100
@@ -73,6 +77,22 @@ class TrainConfig:
         if name == "cpu":
             return dict(lr=1e-3, patch=48, batch_size=16, warmup=100, lr_min_ratio=0.02)
         raise ValueError(f"unknown recipe {name!r}: paper or cpu")
+
+
+def frozen_parts(model: DeepSRPIE) -> list[torch.nn.Module]:
+    """What ``look_only`` leaves untouched: the shallow feature, MBFNet and the upsampler,
+    everything but the look (``model.LOOK_PARTS``: PENet, its own shallow feature when it has
+    one, the global context). They run in eval mode (MBFNet's RReLU at its inference slope)
+    with no gradients, which also skips MBFNet's backward pass, the larger part of a step."""
+    return [getattr(model, name) for name, _ in model.named_children() if name not in LOOK_PARTS]
+
+
+def set_mode(model: DeepSRPIE, cfg: "TrainConfig") -> None:
+    """Training mode, except the frozen parts under ``look_only``."""
+    model.train()
+    if cfg.look_only:
+        for part in frozen_parts(model):
+            part.eval()
 
 
 def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
@@ -152,13 +172,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
             model = widen(model)
         if not cfg.rrelu and model.cfg.rrelu:
             model = without_rrelu(model)
+        if cfg.look_from:
+            model = graft_look(model, load_model(cfg.look_from)[0])
         if cfg.global_context and not model.cfg.global_context:
             model = with_context(model)
     else:
         model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features,
                                      global_context=cfg.global_context, rrelu=cfg.rrelu))
     scale = model.scale
-    pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout) if cfg.pairs else (None, None)
+    pairs, held, val_set = None, None, None
+    if cfg.pairs:
+        pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout + cfg.val_pairs)
+        val_set, held = held.split(cfg.holdout) if cfg.val_pairs else (held, held)
     loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)
     if cfg.loss == "hybrid" and not loss_fn.uses_content:
         log("content (VGG-19) loss off: no local VGG-19 weights file given (--vgg)")
@@ -185,16 +210,23 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     # channels-last: ~15% faster steps on CPU, and the layout cuDNN's tensor-core kernels want
-    model.train().to(device, memory_format=torch.channels_last)
+    if cfg.look_only:
+        if not cfg.init:
+            raise SrpieError("--look-only fine-tunes the look of a trained model: give --init")
+        for part in frozen_parts(model):
+            part.requires_grad_(False)
+    set_mode(model, cfg)
+    model.to(device, memory_format=torch.channels_last)
     loss_fn.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999))
     if blob is not None:
         opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
         del blob
 
     data_summary = {"photos": [str(p) for p in cfg.photos], "photo_count": len(photos.images) if photos else 0,
                     "pairs": [str(p) for p in cfg.pairs], "pair_count": len(pairs) if pairs else 0,
-                    "held_out_pairs": held.names if held else []}
+                    "held_out_pairs": held.names if held else [],
+                    "validation_pairs": val_set.names if val_set is not None and cfg.val_pairs else []}
 
     # ---- batch function
     def get_batch():
@@ -207,9 +239,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         res = {}
         if cfg.val:
             res["val_sr"] = mean_score(evaluate_sr(model, cfg.val))
-        if held is not None and len(held):
-            res["val_pairs"] = mean_score(evaluate_pairs(model, held))
-        model.train()
+        if val_set is not None and len(val_set):
+            res["val_pairs"] = mean_score(evaluate_pairs(model, val_set))
+        set_mode(model, cfg)
         return res
 
     def key(res: dict) -> float:

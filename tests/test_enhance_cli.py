@@ -224,3 +224,29 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error_before_any_wor
     assert r.exit_code == 2 and "cannot be created or written (Permission denied)" in r.stderr
     assert r.stderr.count("\n") == 1  # one line
     assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_strength_scales_the_models_look(tmp_path):
+    import torch
+
+    from srpie_cli.model import DeepSRPIE, SRPIEConfig
+    from srpie_cli.weights import save_weights
+
+    torch.manual_seed(0)
+    net = DeepSRPIE(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6))
+    with torch.no_grad():
+        net.penet.stage9.bias[9:12] = 1.3  # a look that brightens every channel by 30%
+    model = tmp_path / "bright.pt"
+    save_weights(model, net, {"name": "bright"})
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((16, 20, 3), 120, np.uint8)).save(src / "grey.png")
+    means = {}
+    for s in ("0", "0.5", "1"):
+        r = enhance(src, "-o", tmp_path / f"out{s}", "--model", model, "--strength", s, "--compile", "off")
+        assert r.exit_code == 0, r.output
+        means[s] = np.asarray(Image.open(tmp_path / f"out{s}" / "grey.png")).astype(float).mean()
+    assert abs(means["0"] - 120) < 2  # no look: the upscale of the photo as it is
+    assert means["0.5"] == pytest.approx(120 * 1.15, abs=2)
+    assert means["1"] == pytest.approx(120 * 1.3, abs=2)
+    assert enhance(src, "-o", tmp_path / "bad", "--model", model, "--strength", "3").exit_code == 2

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, context_thumbnail, count_parameters, decompose,
-                             flops_per_input_pixel, local_transform, upsample_bicubic, wants_context, widen,
-                             with_context, without_rrelu)
+                             flops_per_input_pixel, graft_look, local_transform, upsample_bicubic, wants_context, widen,
+                             with_context, with_strength, without_rrelu)
 
 PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D
 
@@ -176,3 +176,41 @@ def test_adding_the_global_context_keeps_the_function_then_the_context_steers_it
         assert torch.equal(ctx_model(x), ctx_model(x, context_thumbnail(x)))
         # one thumbnail serves a batch of tiles of one photo
         assert ctx_model(x, dark[:1]).shape == (2, 3, 48, 40)
+
+
+def test_strength_scales_the_look_and_zero_leaves_the_upscaler_alone():
+    model = perturbed(config_for("fast"))  # a PENet that changes colour and tone
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        transform = model.penet(model.h(x))
+        full = model(x)
+        identity = torch.zeros_like(transform)
+        identity[:, 9:12] = 1.0
+        half = with_strength(perturbed(config_for("fast")), 0.5)
+        assert torch.allclose(half.penet(half.h(x)), identity + 0.5 * (transform - identity), atol=1e-5)
+        none = with_strength(perturbed(config_for("fast")), 0.0)
+        mbf, _ = none.mbfnet(x, decompose(x, 2, 1e-2), none.h(x))
+        assert torch.allclose(local_transform(none.penet(none.h(x)), mbf), mbf, atol=1e-6)
+        assert not torch.allclose(none(x), full, atol=1e-3)
+        assert torch.equal(with_strength(perturbed(config_for("fast")), 1.0)(x), full)
+    with pytest.raises(ValueError):
+        with_strength(model, 2.5)
+
+
+def test_a_grafted_look_runs_on_the_other_networks_upscaler():
+    upscaler = perturbed(config_for("fast"), seed=1)
+    look = with_context(perturbed(config_for("fast"), seed=2))
+    with torch.no_grad():
+        look.context.head[-1].weight.normal_(0, 0.05)  # a context that says something
+    joint = graft_look(upscaler, look).eval()
+    assert joint.cfg.own_look_input and joint.cfg.global_context
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        # the look is the donor's: the same transform from the same input and context
+        bias = look.context(context_thumbnail(x))
+        assert torch.allclose(joint.penet(joint.pe_h(x), joint.context(context_thumbnail(x))),
+                              look.penet(look.h(x), bias), atol=1e-6)
+        # the rest is the upscaler's: with no look, the two compute the same image
+        assert torch.allclose(with_strength(joint, 0.0)(x), with_strength(upscaler, 0.0)(x), atol=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        graft_look(upscaler, perturbed(config_for("paper")))

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from srpie_cli import SrpieError
 from srpie_cli.data import PairSet
 from srpie_cli.evaluate import evaluate_pairs, mean_score
-from srpie_cli.model import DeepSRPIE, SRPIEConfig
+from srpie_cli.model import DeepSRPIE, SRPIEConfig, with_context
 from srpie_cli.train import TrainConfig, lr_at, train
 from srpie_cli.weights import load_model, read_weights, save_weights
 
@@ -148,3 +149,49 @@ def test_a_run_stopped_by_the_clock_scores_its_end_and_checkpoints_that(tmp_path
     assert ckpt["history"] and ckpt["history"][-1]["step"] == ckpt["step"]  # the end was scored
     assert math.isfinite(ckpt["best"])  # and the checkpoint knows that score
     assert cfg.out.is_file()
+
+
+def test_look_only_trains_the_grafted_look_and_leaves_the_upscaler_as_it_was(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 5, size=32)
+    donor = tmp_path / "donor.pt"  # another model's look, with a global context
+    torch.manual_seed(1)
+    save_weights(donor, with_context(DeepSRPIE(TINY)))
+    cfg = TrainConfig(out=tmp_path / "look.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      look_from=str(donor), steps=6, batch_size=2, patch=8, lr=1e-2, warmup=1, holdout=1,
+                      val_every=100, threads=1, look_only=True)
+    train(cfg, log=lambda m: None)
+    init, look = read_weights(tiny_weights)["state_dict"], read_weights(donor)["state_dict"]
+    trained = read_weights(tmp_path / "run" / "last.pt")["state_dict"]
+    upscaler = [k for k in init if not k.startswith("penet.")]
+    assert upscaler and all(torch.equal(init[k], trained[k]) for k in upscaler)  # H, MBFNet, DUNet: untouched
+    assert {k for k in trained if k.startswith("pe_h.")} == {"pe_h.weight", "pe_h.bias"}
+    for part in ("penet.", "pe_h.", "context."):  # the look started from the donor's and trained
+        keys = [k for k in trained if k.startswith(part)]
+        donor_keys = [k.replace("pe_h.", "h.") for k in keys]
+        assert any(not torch.equal(trained[k], look[d]) for k, d in zip(keys, donor_keys)), part
+    with pytest.raises(SrpieError, match="--init"):
+        train(TrainConfig(out=tmp_path / "x.pt", run_dir=tmp_path / "run2", pairs=[pairs], steps=1, look_only=True,
+                          holdout=1, threads=1), log=lambda m: None)
+
+
+def test_validation_pairs_are_kept_apart_from_training_and_the_held_out_ones(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 8, size=32)
+    cfg = TrainConfig(out=tmp_path / "v.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      steps=2, batch_size=2, patch=8, warmup=1, holdout=2, val_pairs=2, val_every=2, threads=1)
+    train(cfg, log=lambda m: None)
+    _, meta = load_model(cfg.out)
+    data = meta["data"]
+    names = lambda paths: [p.rsplit("/", 1)[-1] for p in paths]  # noqa: E731
+    assert names(data["held_out_pairs"]) == ["006.png", "007.png"]
+    assert names(data["validation_pairs"]) == ["004.png", "005.png"]
+    assert data["pair_count"] == 4  # trained on 000-003 only
+    # the score the file was chosen by is the validation pairs', not the held-out ones'
+    model, _ = load_model(cfg.out)
+    train_set, rest = PairSet.from_folders([pairs], 2, holdout=4)
+    val_set, held = rest.split(2)
+    assert meta["scores"]["val_pairs"]["psnr"] == pytest.approx(mean_score(evaluate_pairs(model, val_set))["psnr"],
+                                                                abs=0.01)
+    assert meta["scores"]["val_pairs"]["psnr"] != pytest.approx(mean_score(evaluate_pairs(model, held))["psnr"],
+                                                                abs=0.01)
