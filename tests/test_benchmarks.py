@@ -86,3 +86,12 @@ def test_tile_consistency_reports_each_model(tmp_path):
     # one tile as large as the photo is the whole-image pass itself
     (same,) = consistency([str(tmp_path / "blocks.png"), "--tile", "0", "--threads", "1", "--model", "srpie-x2-fast"])
     assert same["levels"] == 0
+
+
+def test_training_step_benchmark_runs_both_ways():
+    from benchmarks.train_step import main as train_step
+
+    report = train_step(["--threads", "1", "--batch-size", "2", "--patch", "16", "--steps", "1", "--preset", "fast"])
+    row = report["fast"]
+    assert row["whole_s"] > 0 and row["look_only_s"] > 0
+    assert math.isclose(row["speedup"], row["whole_s"] / row["look_only_s"])

@@ -52,12 +52,13 @@ def tiny_weights(tmp_path):
     return path
 
 
-def test_fine_tuning_learns_a_house_look(tmp_path, tiny_weights):
+@pytest.mark.parametrize("look_only", [False, True], ids=["whole-network", "look-only"])
+def test_fine_tuning_learns_a_house_look(tmp_path, tiny_weights, look_only):
     pairs = tmp_path / "pairs"
     write_pairs(pairs, 10)
     cfg = TrainConfig(out=tmp_path / "house.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
                       steps=60, batch_size=8, patch=16, lr=5e-3, warmup=5, holdout=3, val_every=30,
-                      loss="hybrid", threads=1)
+                      loss="hybrid", threads=1, look_only=look_only)
     before_model, _ = load_model(tiny_weights)
     _, held = PairSet.from_folders([pairs], 2, holdout=3)
     before = mean_score(evaluate_pairs(before_model, held))
