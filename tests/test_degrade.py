@@ -77,3 +77,14 @@ def test_random_damage_varies_with_seed_and_stays_in_the_documented_range():
     ratios = [luma(d.srgb_to_linear(o)) / luma(d.srgb_to_linear(ref)) for o in outs]
     assert all(1 / 8 < r < 8 for r in ratios)
     assert min(ratios) < 0.8 and max(ratios) > 1.25
+
+
+def test_exposure_damage_is_a_clear_error_either_way(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(d, "exposure", lambda img, ev: drawn.append(ev) or img)
+    img = photo(16, 16)
+    for seed in range(200):
+        d.random_look(np.random.default_rng(seed))(img)
+    assert len(drawn) > 100
+    assert all(d.MIN_EV <= abs(ev) <= 1.5 for ev in drawn)
+    assert min(drawn) < -1.0 and max(drawn) > 1.0
