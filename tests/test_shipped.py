@@ -2,6 +2,7 @@
 present): a broken weights file, a changed operator or a changed protocol fails here."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,24 @@ def test_srpie_x2_fast_improves_held_out_fivek_pairs_as_its_card_says():
     card = meta["scores"]["FiveK held-out (RGB)"]
     assert s["psnr"] > s["bicubic_psnr"] + 1.0, json.dumps(s)
     assert s["psnr"] == pytest.approx(card["psnr"], abs=0.01)
+
+
+def test_srpie_x2_at_strength_zero_is_srpie_x2_sr():
+    # srpie-x2 is srpie-x2-sr's upscaler with a look grafted on: without the look, the two agree
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from srpie_cli.metrics import psnr
+    from srpie_cli.model import with_strength
+
+    with Image.open(Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg") as im:
+        x = torch.from_numpy(np.asarray(im.convert("RGB"))[:96, :128].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    upscaler, _ = load_model("srpie-x2-sr")
+    joint, _ = load_model("srpie-x2")
+    with torch.no_grad():
+        sr = upscaler.eval()(x).clamp(0, 1).numpy()
+        looked = joint.eval()(x).clamp(0, 1).numpy()
+        plain = with_strength(joint, 0.0)(x).clamp(0, 1).numpy()
+    assert psnr(plain, sr) > 50  # the upscaler's own transform is all that differs
+    assert psnr(looked, sr) < psnr(plain, sr) - 10  # the look does change the photo
