@@ -40,6 +40,12 @@ Readings of the ambiguous parts (see also the project README):
   look however small they are; training pairs each patch with the thumbnail of its whole
   photo, damaged the same way. Its last layer starts at zero (``with_context``), so it too
   leaves a trained network's output unchanged until trained.
+* The look apart from the upscaler (``own_look_input``, not in the paper): PENet reads a
+  3x3 convolution of its own instead of MBFNet's shallow feature ``H(I)``, so the look
+  (``LOOK_PARTS``: PENet, that convolution, the global context) and the upscaler (``h``,
+  MBFNet, DUNet) share no weight. ``graft_look`` puts one model's look on another's
+  upscaler, training can move the look alone (``srpie train --look-only``), and
+  ``with_strength`` scales the look down to nothing, where the upscaler alone remains.
 """
 
 from __future__ import annotations
