@@ -3,8 +3,9 @@
 A look-only fine-tune (``srpie train --look-only``) trains PENet and the global context and
 leaves the upscaler (the shallow feature, MBFNet, DUNet) frozen: MBFNet runs forward without
 keeping activations and has no backward pass. This prints seconds per step of both, on the
-same batch in the same process, and their ratio, for each preset (untrained networks of the
-shipped configurations: the cost does not depend on the weights).
+same batch in the same process, and their ratio, for each preset (untrained networks in
+``srpie-x2``'s configuration: DUNet features, global context, PENet's own input; the cost
+does not depend on the weights).
 
     python benchmarks/train_step.py                   # batch 16 of 64 px, hybrid loss, 2 threads
     python benchmarks/train_step.py --threads 1 --batch-size 8 --patch 48 --steps 3
@@ -24,21 +25,18 @@ import torch  # noqa: E402
 
 from srpie_cli.losses import HybridLoss, LossWeights  # noqa: E402
 from srpie_cli.model import DeepSRPIE, config_for  # noqa: E402
-from srpie_cli.train import TrainConfig, frozen_parts, set_mode  # noqa: E402
+from srpie_cli.train import TrainConfig, trainable  # noqa: E402
 
 
-def seconds_per_step(preset: str, look_only: bool, batch_size: int, patch: int, steps: int) -> float:
-    """Median wall time of ``steps`` optimiser steps (after one warm-up step)."""
+def seconds_per_step(preset: str, look_only: bool, batch_size: int, patch: int, steps: int) -> tuple[float, int]:
+    """(median wall time of ``steps`` optimiser steps after one warm-up step, the number of
+    parameters trained)."""
     torch.manual_seed(0)
-    model = DeepSRPIE(config_for(preset, du_features=True, global_context=True, own_look_input=look_only))
-    cfg = TrainConfig(out=None, run_dir=None, look_only=look_only)
-    if look_only:
-        for part in frozen_parts(model):
-            part.requires_grad_(False)
-    set_mode(model, cfg)
+    model = DeepSRPIE(config_for(preset, du_features=True, global_context=True, own_look_input=True))
+    params = trainable(model, TrainConfig(out=None, run_dir=None, look_only=look_only))
     model.to(memory_format=torch.channels_last)
     loss_fn = HybridLoss(LossWeights.preset("hybrid"), None)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt = torch.optim.Adam(params, lr=1e-5)
     x = torch.rand(batch_size, 3, patch, patch).contiguous(memory_format=torch.channels_last)
     y = torch.rand(batch_size, 3, 2 * patch, 2 * patch)
     ctx = torch.rand(batch_size, 3, 64, 64)
@@ -51,7 +49,7 @@ def seconds_per_step(preset: str, look_only: bool, batch_size: int, patch: int, 
         opt.step()
         times.append(time.perf_counter() - t)
     times = sorted(times[1:])
-    return times[len(times) // 2]
+    return times[len(times) // 2], sum(p.numel() for p in params)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,11 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"torch {torch.__version__}")
     report = {}
     for preset in args.preset or ["paper", "fast"]:
-        whole = seconds_per_step(preset, False, args.batch_size, args.patch, args.steps)
-        look = seconds_per_step(preset, True, args.batch_size, args.patch, args.steps)
-        report[preset] = {"whole_s": whole, "look_only_s": look, "speedup": whole / look}
-        print(f"{preset:6s} whole network {whole:6.2f} s/step   --look-only {look:6.2f} s/step   "
-              f"{whole / look:.1f}x", flush=True)
+        whole, whole_n = seconds_per_step(preset, False, args.batch_size, args.patch, args.steps)
+        look, look_n = seconds_per_step(preset, True, args.batch_size, args.patch, args.steps)
+        report[preset] = {"whole_s": whole, "look_only_s": look, "speedup": whole / look,
+                          "whole_params": whole_n, "look_only_params": look_n}
+        print(f"{preset:6s} whole network {whole:6.2f} s/step ({whole_n:,} parameters)   "
+              f"--look-only {look:6.2f} s/step ({look_n:,})   {whole / look:.1f}x", flush=True)
     return report
 
 

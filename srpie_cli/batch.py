@@ -371,16 +371,14 @@ def load_for_inference(settings: Settings, warn: Callable[[str], None], megapixe
     import torch  # imported here: planning and --help stay fast
 
     from srpie_cli.accel import prepare
+    from srpie_cli.model import with_strength
     from srpie_cli.tiling import default_tile, pick_device
     from srpie_cli.weights import load_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, meta = load_model(settings.model)
-    if settings.strength != 1.0:
-        from srpie_cli.model import with_strength
-
-        with_strength(model, settings.strength)
+    with_strength(model, settings.strength)
     device = pick_device(settings.device)
     if settings.half and device.type != "cuda":
         warn("--half needs a CUDA device; running in float32 on the CPU")

@@ -148,15 +148,13 @@ def evaluate(
     """Score a model beside bicubic: PSNR/SSIM on Y (2x SR protocol) or RGB on pairs."""
     from srpie_cli.data import PairSet
     from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
+    from srpie_cli.model import with_strength
     from srpie_cli.tiling import TileOptions
     from srpie_cli.weights import load_model
 
     try:
         net, meta = load_model(model)
-        if strength != 1.0:
-            from srpie_cli.model import with_strength
-
-            with_strength(net, strength)
+        with_strength(net, strength)
         if meta["untrained"]:
             err.print(f"[bold yellow]warning:[/] {model}: no trained weights shipped; scoring an UNTRAINED network")
         opts = TileOptions(tile=0, tta=tta)

@@ -164,17 +164,16 @@ class PairSet:
     def from_folders(cls, folders: list[Path], scale: int, holdout: int = 0) -> tuple["PairSet", "PairSet"]:
         """Training and held-out sets; the last ``holdout`` pairs of each folder (in sorted
         order) are held out."""
-        train, held = ([], [], []), ([], [], [])
+        pairs, names, groups = [], [], []
         for g, folder in enumerate(folders):
             matched = match_pairs(*find_pair_dirs(folder))
             if not matched:
                 raise SrpieError(f"{folder}: no before/after pairs matched by name")
-            for i, (b, a) in enumerate(matched):
-                target = held if i >= len(matched) - holdout else train
-                target[0].append(load_pair(b, a, scale))
-                target[1].append(str(b))
-                target[2].append(g)
-        return cls(*train), cls(*held)
+            for b, a in matched:
+                pairs.append(load_pair(b, a, scale))
+                names.append(str(b))
+                groups.append(g)
+        return cls(pairs, names, groups).split(holdout)
 
     def __len__(self) -> int:
         return len(self.pairs)

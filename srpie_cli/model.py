@@ -522,6 +522,8 @@ def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
     inference. Changes ``model`` in place and returns it."""
     if not 0 <= strength <= 2:
         raise ValueError(f"strength {strength} outside 0..2")
+    if strength == 1:
+        return model
     last = model.penet.stage9
     ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)
     with torch.no_grad():

@@ -95,6 +95,16 @@ def set_mode(model: DeepSRPIE, cfg: "TrainConfig") -> None:
             part.eval()
 
 
+def trainable(model: DeepSRPIE, cfg: "TrainConfig") -> list[torch.nn.Parameter]:
+    """Freeze what ``cfg`` leaves untouched, set the training mode, and return the parameters
+    the optimiser moves."""
+    if cfg.look_only:
+        for part in frozen_parts(model):
+            part.requires_grad_(False)
+    set_mode(model, cfg)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
     """How far through the run: steps or wall time, whichever budget ends first."""
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -157,6 +167,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         torch.set_num_threads(cfg.threads)
     if not cfg.photos and not cfg.pairs:
         raise SrpieError("nothing to train on: give --photos and/or --pairs folders")
+    if cfg.look_only and not cfg.init:
+        raise SrpieError("--look-only fine-tunes the look of a trained model: give --init")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,15 +222,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     # channels-last: ~15% faster steps on CPU, and the layout cuDNN's tensor-core kernels want
-    if cfg.look_only:
-        if not cfg.init:
-            raise SrpieError("--look-only fine-tunes the look of a trained model: give --init")
-        for part in frozen_parts(model):
-            part.requires_grad_(False)
-    set_mode(model, cfg)
+    params = trainable(model, cfg)
     model.to(device, memory_format=torch.channels_last)
     loss_fn.to(device)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999))
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     if blob is not None:
         opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
         del blob
