@@ -82,7 +82,7 @@ def train(
     rrelu: Annotated[bool, typer.Option(help="--no-rrelu: MBFNet's RReLU fixed at its inference slope (no random slopes in training; an --init model keeps its output).")] = True,
     du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
     global_context: Annotated[bool, typer.Option("--global-context", help="PENet also sees a thumbnail of the whole photo, so the look does not depend on the tile (added to an --init model that lacks it, keeping its output).")] = False,
-    look_only: Annotated[bool, typer.Option("--look-only", help="With --init: train only the look (PENet and the global context); the upscaler stays as shipped. About twice as fast a step, and a few house-look pairs cannot cost sharpness.")] = False,
+    look_only: Annotated[bool, typer.Option("--look-only", help="With --init: train only the look (PENet and the global context); the upscaler stays as shipped. A step costs 1.8-2.6x less (benchmarks/train_step.py), and a few house-look pairs cannot cost sharpness.")] = False,
     look_from: Annotated[Optional[str], typer.Option(help="With --init: keep its upscaler and take the look (PENet and the global context) from this model instead; with --look-only, the look then learns to work on the new upscaler.")] = None,
     recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,

@@ -14,7 +14,7 @@ from tests.conftest import shared_data
 def test_srpie_x2_sr_meets_the_set5_target_and_its_card():
     model, meta = load_model("srpie-x2-sr")
     s = mean_score(evaluate_sr(model.eval(), shared_data("val", "Set5")))
-    assert s["psnr"] >= 36.5  # the target
+    assert s["psnr"] >= 36.5  # the project's target for srpie-x2-sr
     assert s["psnr"] == pytest.approx(meta["scores"]["Set5 (Y)"]["psnr"], abs=0.01)
     assert s["bicubic_psnr"] == pytest.approx(33.67, abs=0.01)
 
