@@ -95,8 +95,8 @@ def test_training_step_benchmark_runs_both_ways():
     row = report["fast"]
     assert row["whole_s"] > 0 and row["look_only_s"] > 0
     # the look-only row trains the look alone: PENet, its own input conv and the context
-    from srpie_cli.model import DeepSRPIE, config_for
+    from srpie_cli.model import LOOK_PARTS, DeepSRPIE, config_for
 
     net = DeepSRPIE(config_for("fast", du_features=True, global_context=True, own_look_input=True))
-    look = sum(p.numel() for m in (net.penet, net.pe_h, net.context) for p in m.parameters())
+    look = sum(p.numel() for name in LOOK_PARTS for p in getattr(net, name).parameters())
     assert row["look_only_params"] == look < row["whole_params"] == sum(p.numel() for p in net.parameters())

@@ -31,13 +31,13 @@ def test_srpie_x2_at_strength_zero_is_srpie_x2_sr():
     # srpie-x2 is srpie-x2-sr's upscaler with a look grafted on: without the look, the two agree
     import numpy as np
     import torch
-    from PIL import Image
 
+    from srpie_cli.images import read_photo, to_float
     from srpie_cli.metrics import psnr
     from srpie_cli.model import with_strength
 
-    with Image.open(Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg") as im:
-        x = torch.from_numpy(np.asarray(im.convert("RGB"))[:96, :128].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    crop = read_photo(Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg").pixels[:96, :128]
+    x = torch.from_numpy(np.ascontiguousarray(to_float(crop))).permute(2, 0, 1)[None]
     upscaler, _ = load_model("srpie-x2-sr")
     joint, _ = load_model("srpie-x2")
     with torch.no_grad():
