@@ -91,6 +91,7 @@ def train(
     patch: Annotated[Optional[int], typer.Option(min=8, help="Low-resolution patch side (recipe default).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (recipe default).")] = None,
     loss: Annotated[Loss, typer.Option(help="l1, or the paper's hybrid loss.")] = Loss.l1,
+    ema: Annotated[float, typer.Option(min=0, max=0.99999, help="Validate and write an exponential moving average of the weights with this decay (0.999: about the last 1,000 steps); 0: off. The log also scores the weights without it.")] = 0.0,
     vgg: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Local VGG-19 weights for the content loss.")] = None,
     val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="HR folder scored with the SR protocol.")] = None,
     holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out (the last N by name): validated on, unless --val-pairs.")] = 3,
@@ -114,7 +115,7 @@ def train(
             rec[name] = value
     cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
                       pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, look_only=look_only, look_from=look_from, steps=steps,
-                      minutes=minutes, loss=loss.value, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
+                      minutes=minutes, loss=loss.value, ema=ema, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
                       pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
                       device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
     try:

@@ -2,14 +2,15 @@
 
 Setup (data, model, optimiser, resume) -> batch function -> learning-rate schedule -> one
 loop with periodic validation and checkpoints. The checkpoint (``RUN_DIR/last.pt``) holds
-the optimiser, the step and the generator state, so ``resume=True`` continues exactly where
-a run stopped, in this session or a later one. The best model by validation is written to
+the optimiser, the step, the generator state and the weight average, so ``resume=True``
+continues exactly where a run stopped, in this session or a later one. The best model by validation is written to
 ``out`` as a plain weights file that carries its config, the command, the data it saw and
 its scores.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
@@ -52,6 +53,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_min_ratio: float = 0.02
     warmup: int = 100
+    ema: float = 0.0  # decay of the weight average that is validated and written (WeightAverage); 0: off
     loss: str = "l1"  # l1 | hybrid
     vgg: Path | None = None  # local VGG-19 weights for the content loss
     pair_fraction: float = 0.5  # share of each batch from real pairs when both kinds are given
@@ -103,6 +105,46 @@ def trainable(model: DeepSRPIE, cfg: "TrainConfig") -> list[torch.nn.Parameter]:
             part.requires_grad_(False)
     set_mode(model, cfg)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging, as BasicSR's
+    ``net_g_ema`` and timm's ``ModelEmaV3``): after every optimiser step each floating-point
+    tensor moves ``1 - d`` of the way to the trained one. The average is what a run validates
+    and writes; it smooths the last steps' noise, which a small batch on a few pairs makes
+    large. ``d`` ramps up as ``(1 + n) / (10 + n)`` towards ``decay`` over the first updates
+    (TensorFlow's ``num_updates``), so a run from scratch does not average in its random
+    start."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise SrpieError(f"--ema {decay}: the decay must lie between 0 and 1 (say 0.999)")
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _pairs(self, model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        mine, theirs = self.model.state_dict(), model.state_dict()
+        keys = [k for k, v in mine.items() if v.dtype.is_floating_point]
+        return [mine[k] for k in keys], [theirs[k] for k in keys]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine, theirs = self._pairs(model)
+        torch._foreach_lerp_(mine, theirs, 1 - d)
+
+    def state(self) -> dict:
+        return {"ema_state": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                "ema_updates": self.updates}
+
+    def load(self, blob: dict) -> bool:
+        """Take the average from a checkpoint; False when it has none (the run had no --ema)."""
+        if "ema_state" not in blob:
+            return False
+        self.model.load_state_dict(blob["ema_state"])
+        self.updates = int(blob["ema_updates"])
+        return True
 
 
 def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
@@ -226,9 +268,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     model.to(device, memory_format=torch.channels_last)
     loss_fn.to(device)
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if blob is not None:
         opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
+        if average is not None and not average.load(blob):
+            log("the checkpoint has no weight average: it starts from the resumed weights")
         del blob
+    net = average.model if average is not None else model  # what is validated and written
 
     data_summary = {"photos": [str(p) for p in cfg.photos], "photo_count": len(photos.images) if photos else 0,
                     "pairs": [str(p) for p in cfg.pairs], "pair_count": len(pairs) if pairs else 0,
@@ -241,13 +287,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         return (lr_t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
                 hr_t.to(device, non_blocking=True), ctx_t.to(device, non_blocking=True))
 
-    def validate() -> dict:
-        model.eval()
+    def validate(m: DeepSRPIE) -> dict:
+        m.eval()
         res = {}
         if cfg.val:
-            res["val_sr"] = mean_score(evaluate_sr(model, cfg.val))
+            res["val_sr"] = mean_score(evaluate_sr(m, cfg.val))
         if val_set is not None and len(val_set):
-            res["val_pairs"] = mean_score(evaluate_pairs(model, val_set))
+            res["val_pairs"] = mean_score(evaluate_pairs(m, val_set))
         set_mode(model, cfg)
         return res
 
@@ -268,10 +314,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
                 "hardware": hardware(), "scores": res}
 
     def save_checkpoint():
-        save_weights(ckpt, model, summary({}), extra={"optimizer": opt.state_dict(), "step": step, "best": best,
-                                                      "history": history, "seconds": seconds,
-                                                      "rng": _rng_state_to(rng.bit_generator.state),
-                                                      "torch_rng": torch.get_rng_state()})
+        extra = {"optimizer": opt.state_dict(), "step": step, "best": best, "history": history,
+                 "seconds": seconds, "rng": _rng_state_to(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+        if average is not None:
+            extra.update(average.state())
+        save_weights(ckpt, model, summary({}), extra=extra)
 
     # ---- the loop
     def check(loss: torch.Tensor) -> float:
@@ -285,12 +332,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
 
     def validate_and_keep_best():
         nonlocal best, last_res
-        last_res = validate()
-        history.append({"step": step, **last_res})
+        last_res = validate(net)
+        entry = {"step": step, **last_res}
+        if average is not None:  # the trained weights too: what the average is worth, measured
+            entry["without_average"] = validate(model)
+            log(f"step {step} without the weight average: key {key(entry['without_average']):.3f}")
+        history.append(entry)
         log(f"step {step} validation {last_res}")
         if key(last_res) > best:
             best = key(last_res)
-            save_weights(cfg.out, model, summary(last_res))
+            save_weights(cfg.out, net, summary(last_res))
             log(f"step {step}: best so far, wrote {cfg.out}")
 
     start = time.time()
@@ -309,6 +360,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update(model)
         step += 1
         seconds = seconds0 + time.time() - start
         validating = step % cfg.val_every == 0 or step == cfg.steps
@@ -334,8 +387,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         validate_and_keep_best()
     save_checkpoint()  # after the last validation, so a resume knows its best
     if not cfg.out.exists():  # no validation ran: write what we have
-        last_res = validate()
-        save_weights(cfg.out, model, summary(last_res))
+        last_res = validate(net)
+        save_weights(cfg.out, net, summary(last_res))
     return summary(last_res)
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from srpie_cli import __version__
 from srpie_cli.cli import app
+from srpie_cli.weights import read_weights
 from tests.test_train import house_look, scene, write_pairs
 
 runner = CliRunner()
@@ -69,9 +70,10 @@ def test_train_writes_a_weights_file_that_enhance_can_use(tmp_path, tiny_model, 
     out = tmp_path / "house.pt"
     r = runner.invoke(app, ["train", "--pairs", str(tmp_path / "pairs"), "--init", str(tiny_model), "--steps", "4",
                             "--batch-size", "2", "--patch", "8", "--holdout", "1", "--val-every", "2",
-                            "--run-dir", str(tmp_path / "run"), "--out", str(out), "--threads", "1"])
+                            "--run-dir", str(tmp_path / "run"), "--out", str(out), "--threads", "1", "--ema", "0.9"])
     assert r.exit_code == 0, r.output
     assert out.is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert read_weights(out)["meta"]["train_config"]["ema"] == 0.9
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0
     shoot = tmp_path / "shoot"

@@ -11,7 +11,7 @@ from srpie_cli import SrpieError
 from srpie_cli.data import PairSet
 from srpie_cli.evaluate import evaluate_pairs, mean_score
 from srpie_cli.model import DeepSRPIE, SRPIEConfig, with_context
-from srpie_cli.train import TrainConfig, lr_at, train
+from srpie_cli.train import TrainConfig, WeightAverage, lr_at, train
 from srpie_cli.weights import load_model, read_weights, save_weights
 
 TINY = SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)
@@ -73,11 +73,12 @@ def test_fine_tuning_learns_a_house_look(tmp_path, tiny_weights, look_only):
     assert meta["train_config"]["init"] == str(tiny_weights)
 
 
-def test_resume_continues_where_it_stopped(tmp_path, tiny_weights):
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["plain", "weight-average"])
+def test_resume_continues_where_it_stopped(tmp_path, tiny_weights, ema):
     pairs = tmp_path / "pairs"
     write_pairs(pairs, 4, size=32)
     common = dict(pairs=[pairs], init=str(tiny_weights), steps=6, batch_size=2, patch=8, warmup=2,
-                  holdout=1, val_every=100, ckpt_every=1, threads=1, loss="hybrid")
+                  holdout=1, val_every=100, ckpt_every=1, threads=1, loss="hybrid", ema=ema)
     straight = TrainConfig(out=tmp_path / "a.pt", run_dir=tmp_path / "run_a", **common)
     train(straight, log=lambda m: None)
 
@@ -101,6 +102,49 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_weights):
     assert a["step"] == b["step"] == 6
     for k in a["state_dict"]:
         assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+    assert ("ema_state" in a) == bool(ema)
+    if ema:  # the average went on from where it stopped, too
+        assert a["ema_updates"] == b["ema_updates"] == 6
+        for k in a["ema_state"]:
+            assert torch.allclose(a["ema_state"][k], b["ema_state"][k], atol=1e-6), k
+
+
+def test_weight_average_follows_the_trained_weights_with_its_decay():
+    torch.manual_seed(0)
+    model = DeepSRPIE(TINY)
+    average = WeightAverage(model, decay=0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model)  # first update: d = min(0.5, 2 / 11), so the average moves 9/11 of the way
+    for k, v in average.model.state_dict().items():
+        assert torch.allclose(v, start[k] + 9 / 11 * (model.state_dict()[k] - start[k]), atol=1e-6), k
+    for _ in range(30):
+        average.update(model)
+    for k, v in average.model.state_dict().items():  # the weights stood still: the average reaches them
+        assert torch.allclose(v, model.state_dict()[k], atol=1e-5), k
+    assert not any(p.requires_grad for p in average.model.parameters())
+    with pytest.raises(SrpieError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_a_run_with_a_weight_average_writes_the_average_and_scores_both(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 5, size=32)
+    cfg = TrainConfig(out=tmp_path / "e.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      steps=20, batch_size=4, patch=8, lr=5e-3, warmup=2, holdout=2, val_every=20, threads=1,
+                      ema=0.9)
+    logs = []
+    train(cfg, log=logs.append)
+    ckpt = read_weights(tmp_path / "run" / "last.pt")
+    written = read_weights(cfg.out)["state_dict"]
+    for k in written:  # the file written is the average, not the last trained weights
+        assert torch.equal(written[k], ckpt["ema_state"][k]), k
+    assert any(not torch.equal(written[k], ckpt["state_dict"][k]) for k in written)
+    entry = ckpt["history"][-1]
+    assert entry["step"] == 20 and "val_pairs" in entry and "val_pairs" in entry["without_average"]
+    assert any("without the weight average" in m for m in logs)
 
 
 def test_learning_rate_schedule_warms_up_then_decays():
