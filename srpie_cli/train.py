@@ -109,30 +109,27 @@ def trainable(model: DeepSRPIE, cfg: "TrainConfig") -> list[torch.nn.Parameter]:
 
 class WeightAverage:
     """An exponential moving average of a model's weights (Polyak averaging, as BasicSR's
-    ``net_g_ema`` and timm's ``ModelEmaV3``): after every optimiser step each floating-point
-    tensor moves ``1 - d`` of the way to the trained one. The average is what a run validates
-    and writes; it smooths the last steps' noise, which a small batch on a few pairs makes
-    large. ``d`` ramps up as ``(1 + n) / (10 + n)`` towards ``decay`` over the first updates
-    (TensorFlow's ``num_updates``), so a run from scratch does not average in its random
-    start."""
+    ``net_g_ema`` and timm's ``ModelEmaV3``): after every optimiser step each
+    trained tensor moves ``1 - d`` of the way to the trained one. The average is what a run
+    validates and writes; it smooths the last steps' noise, which a small batch on a few pairs
+    makes large. ``d = min(decay, 1 - 1 / (n + 1))`` at the n-th update: the plain mean of the
+    starting weights and every step since, until ``1 / (1 - decay)`` steps have passed, then an exponential window of
+    about that many steps, so the decay given is the decay used from then on. Only what the
+    optimiser moves is averaged (``--look-only`` leaves the upscaler as it is)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0 < decay < 1:
             raise SrpieError(f"--ema {decay}: the decay must lie between 0 and 1 (say 0.999)")
         self.decay, self.updates = decay, 0
+        self.keys = [k for k, p in model.named_parameters() if p.requires_grad]
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def _pairs(self, model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        mine, theirs = self.model.state_dict(), model.state_dict()
-        keys = [k for k, v in mine.items() if v.dtype.is_floating_point]
-        return [mine[k] for k in keys], [theirs[k] for k in keys]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        mine, theirs = self._pairs(model)
-        torch._foreach_lerp_(mine, theirs, 1 - d)
+        d = min(self.decay, 1 - 1 / (self.updates + 1))
+        mine, theirs = dict(self.model.named_parameters()), dict(model.named_parameters())
+        torch._foreach_lerp_([mine[k] for k in self.keys], [theirs[k] for k in self.keys], 1 - d)
 
     def state(self) -> dict:
         return {"ema_state": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
@@ -273,6 +270,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
         if average is not None and not average.load(blob):
             log("the checkpoint has no weight average: it starts from the resumed weights")
+        if average is None and "ema_state" in blob:
+            log("the run had a weight average (--ema) and this resume has none: from here the trained weights "
+                "are validated and written")
         del blob
     net = average.model if average is not None else model  # what is validated and written
 
@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         nonlocal best, last_res
         last_res = validate(net)
         entry = {"step": step, **last_res}
-        if average is not None:  # the trained weights too: what the average is worth, measured
+        if average is not None and last_res:  # the trained weights too: what the average is worth, measured
             entry["without_average"] = validate(model)
             log(f"step {step} without the weight average: key {key(entry['without_average']):.3f}")
         history.append(entry)

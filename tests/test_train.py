@@ -112,15 +112,15 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_weights, ema):
 def test_weight_average_follows_the_trained_weights_with_its_decay():
     torch.manual_seed(0)
     model = DeepSRPIE(TINY)
-    average = WeightAverage(model, decay=0.5)
+    average = WeightAverage(model, decay=0.9)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    average.update(model)  # first update: d = min(0.5, 2 / 11), so the average moves 9/11 of the way
+    average.update(model)  # first update: d = min(0.9, 1 - 1/2): the mean of the start and the step
     for k, v in average.model.state_dict().items():
-        assert torch.allclose(v, start[k] + 9 / 11 * (model.state_dict()[k] - start[k]), atol=1e-6), k
-    for _ in range(30):
+        assert torch.allclose(v, start[k] + 0.5 * (model.state_dict()[k] - start[k]), atol=1e-6), k
+    for _ in range(200):
         average.update(model)
     for k, v in average.model.state_dict().items():  # the weights stood still: the average reaches them
         assert torch.allclose(v, model.state_dict()[k], atol=1e-5), k
@@ -181,11 +181,13 @@ def test_background_workers_feed_training_and_widening_and_context_apply(tmp_pat
                and init[k].shape == ckpt["state_dict"][k].shape)
 
 
-def test_a_run_stopped_by_the_clock_scores_its_end_and_checkpoints_that(tmp_path, tiny_weights):
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["plain", "weight-average"])
+def test_a_run_stopped_by_the_clock_scores_its_end_and_checkpoints_that(tmp_path, tiny_weights, ema):
     pairs = tmp_path / "pairs"
     write_pairs(pairs, 4, size=32)
     cfg = TrainConfig(out=tmp_path / "c.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
-                      steps=1000, minutes=1e-4, batch_size=2, patch=8, warmup=0, holdout=1, val_every=500, threads=1)
+                      steps=1000, minutes=1e-4, batch_size=2, patch=8, warmup=0, holdout=1, val_every=500, threads=1,
+                      ema=ema)
     logs = []
     train(cfg, log=logs.append)
     assert any("time budget" in m for m in logs)
@@ -194,6 +196,9 @@ def test_a_run_stopped_by_the_clock_scores_its_end_and_checkpoints_that(tmp_path
     assert ckpt["history"] and ckpt["history"][-1]["step"] == ckpt["step"]  # the end was scored
     assert math.isfinite(ckpt["best"])  # and the checkpoint knows that score
     assert cfg.out.is_file()
+    written = read_weights(cfg.out)["state_dict"]
+    kept = ckpt["ema_state"] if ema else ckpt["state_dict"]  # the end scored is what was written
+    assert all(torch.equal(written[k], kept[k]) for k in written)
 
 
 def test_look_only_trains_the_grafted_look_and_leaves_the_upscaler_as_it_was(tmp_path, tiny_weights):
@@ -240,3 +245,19 @@ def test_validation_pairs_are_kept_apart_from_training_and_the_held_out_ones(tmp
                                                                 abs=0.01)
     assert meta["scores"]["val_pairs"]["psnr"] != pytest.approx(mean_score(evaluate_pairs(model, held))["psnr"],
                                                                 abs=0.01)
+
+
+def test_a_run_without_validation_writes_the_average_of_its_start_and_its_steps(tmp_path, tiny_weights):
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 3, size=32)
+    cfg = TrainConfig(out=tmp_path / "f.pt", run_dir=tmp_path / "run", pairs=[pairs], init=str(tiny_weights),
+                      steps=1, batch_size=2, patch=8, lr=1e-2, warmup=0, holdout=0, threads=1, ema=0.9)
+    train(cfg, log=lambda m: None)
+    start = read_weights(tiny_weights)["state_dict"]
+    trained = read_weights(tmp_path / "run" / "last.pt")["state_dict"]
+    written = read_weights(cfg.out)["state_dict"]
+    # one update, taken after the optimiser's step: the mean of the start and that step
+    moved = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert moved
+    for k in moved:
+        assert torch.allclose(written[k], (start[k] + trained[k]) / 2, atol=1e-6), k
