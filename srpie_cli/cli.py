@@ -193,7 +193,9 @@ def models():
     from srpie_cli.weights import SHIPPED, load_model
 
     table = Table(title="srpie models")
-    for col in ("name", "parameters", "what", "last training run", "scores"):
+    table.add_column("name", no_wrap=True, min_width=max(map(len, SHIPPED)))  # a name is typed: never cut it
+    table.add_column("parameters", no_wrap=True)
+    for col in ("what", "last training run", "scores"):
         table.add_column(col)
     for name, entry in SHIPPED.items():
         try:

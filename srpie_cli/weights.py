@@ -37,6 +37,7 @@ SHIPPED: dict[str, ShippedModel] = {
         ShippedModel("srpie-x2", "srpie-x2.pt", "joint 2x SR and enhancement: srpie-x2-sr with a look on top (experimental)"),
         ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "pure 2x super-resolution (the default)"),
         ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "the fast preset, the whole network trained for the joint task (experimental)", "fast"),
+        ShippedModel("srpie-x2-fast-sr", "srpie-x2-fast-sr.pt", "pure 2x super-resolution, the fast preset: for CPU-only studios", "fast"),
     ]
 }
 # The default is the model a studio can run on every photo unseen. srpie-x2 becomes the default

@@ -33,7 +33,7 @@ def test_python_dash_m_works():
 def test_models_lists_every_shipped_name():
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0
-    for name in ("srpie-x2", "srpie-x2-sr", "srpie-x2-fast"):
+    for name in ("srpie-x2", "srpie-x2-sr", "srpie-x2-fast", "srpie-x2-fast-sr"):
         assert name in r.stdout
 
 

@@ -18,6 +18,14 @@ def test_srpie_x2_sr_meets_the_set5_target_and_its_card():
     assert s["psnr"] == pytest.approx(meta["scores"]["Set5 (Y)"]["psnr"], abs=0.01)
     assert s["bicubic_psnr"] == pytest.approx(33.67, abs=0.01)
 
+def test_srpie_x2_fast_sr_scores_its_card_on_set5_and_leaves_colour_alone():
+    model, meta = load_model("srpie-x2-fast-sr")
+    s = mean_score(evaluate_sr(model.eval(), shared_data("val", "Set5")))
+    assert s["psnr"] > s["bicubic_psnr"] + 2.0, json.dumps(s)
+    assert s["psnr"] == pytest.approx(meta["scores"]["Set5 (Y)"]["psnr"], abs=0.01)
+    assert s["colour_shift"] < 0.5  # pure SR: the mean colour stays where bicubic puts it
+
+
 def test_srpie_x2_fast_improves_held_out_fivek_pairs_as_its_card_says():
     model, meta = load_model("srpie-x2-fast")
     _, held = PairSet.from_folders([shared_data("pairs", "fivek15")], 2, holdout=3)
