@@ -3,9 +3,9 @@
 Setup (data, model, optimiser, resume) -> batch function -> learning-rate schedule -> one
 loop with periodic validation and checkpoints. The checkpoint (``RUN_DIR/last.pt``) holds
 the optimiser, the step, the generator state and the weight average, so ``resume=True``
-continues exactly where a run stopped, in this session or a later one. The best model by validation is written to
-``out`` as a plain weights file that carries its config, the command, the data it saw and
-its scores.
+continues exactly where a run stopped, in this session or a later one. The best model by
+validation is written to ``out`` as a plain weights file that carries its config, the
+command, the data it saw and its scores.
 """
 
 from __future__ import annotations
@@ -109,27 +109,30 @@ def trainable(model: DeepSRPIE, cfg: "TrainConfig") -> list[torch.nn.Parameter]:
 
 class WeightAverage:
     """An exponential moving average of a model's weights (Polyak averaging, as BasicSR's
-    ``net_g_ema`` and timm's ``ModelEmaV3``): after every optimiser step each
-    trained tensor moves ``1 - d`` of the way to the trained one. The average is what a run
-    validates and writes; it smooths the last steps' noise, which a small batch on a few pairs
-    makes large. ``d = min(decay, 1 - 1 / (n + 1))`` at the n-th update: the plain mean of the
-    starting weights and every step since, until ``1 / (1 - decay)`` steps have passed, then an exponential window of
-    about that many steps, so the decay given is the decay used from then on. Only what the
-    optimiser moves is averaged (``--look-only`` leaves the upscaler as it is)."""
+    ``net_g_ema`` and timm's ``ModelEmaV3``): after every optimiser step each trained tensor
+    of the average moves ``1 - d`` of the way to the model's. The average is what a run
+    validates and writes; it smooths the last steps' noise, which a small batch on a few
+    pairs makes large. ``d = min(decay, 1 - 1 / (n + 1))`` at the n-th update: the plain mean
+    of the starting weights and every step since, until ``1 / (1 - decay)`` steps have
+    passed, then an exponential window of about that many steps, so the decay given is the
+    decay used from then on. Only what the optimiser moves is averaged (``--look-only``
+    leaves the upscaler as it is)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0 < decay < 1:
             raise SrpieError(f"--ema {decay}: the decay must lie between 0 and 1 (say 0.999)")
         self.decay, self.updates = decay, 0
-        self.keys = [k for k, p in model.named_parameters() if p.requires_grad]
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # paired once: loading a checkpoint copies into these same tensors
+        trained = [(p, q) for p, q in zip(model.parameters(), self.model.parameters()) if p.requires_grad]
+        self._source, self._average = [p for p, _ in trained], [q for _, q in trained]
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
+        """Move the average towards the model's weights; call after each optimiser step."""
         self.updates += 1
         d = min(self.decay, 1 - 1 / (self.updates + 1))
-        mine, theirs = dict(self.model.named_parameters()), dict(model.named_parameters())
-        torch._foreach_lerp_([mine[k] for k in self.keys], [theirs[k] for k in self.keys], 1 - d)
+        torch._foreach_lerp_(self._average, self._source, 1 - d)
 
     def state(self) -> dict:
         return {"ema_state": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
@@ -361,7 +364,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         loss.backward()
         opt.step()
         if average is not None:
-            average.update(model)
+            average.update()
         step += 1
         seconds = seconds0 + time.time() - start
         validating = step % cfg.val_every == 0 or step == cfg.steps

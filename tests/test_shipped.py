@@ -18,6 +18,7 @@ def test_srpie_x2_sr_meets_the_set5_target_and_its_card():
     assert s["psnr"] == pytest.approx(meta["scores"]["Set5 (Y)"]["psnr"], abs=0.01)
     assert s["bicubic_psnr"] == pytest.approx(33.67, abs=0.01)
 
+
 def test_srpie_x2_fast_sr_scores_its_card_on_set5_and_leaves_colour_alone():
     model, meta = load_model("srpie-x2-fast-sr")
     s = mean_score(evaluate_sr(model.eval(), shared_data("val", "Set5")))

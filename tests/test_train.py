@@ -117,11 +117,11 @@ def test_weight_average_follows_the_trained_weights_with_its_decay():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    average.update(model)  # first update: d = min(0.9, 1 - 1/2): the mean of the start and the step
+    average.update()  # first update: d = min(0.9, 1 - 1/2): the mean of the start and the step
     for k, v in average.model.state_dict().items():
         assert torch.allclose(v, start[k] + 0.5 * (model.state_dict()[k] - start[k]), atol=1e-6), k
     for _ in range(200):
-        average.update(model)
+        average.update()
     for k, v in average.model.state_dict().items():  # the weights stood still: the average reaches them
         assert torch.allclose(v, model.state_dict()[k], atol=1e-5), k
     assert not any(p.requires_grad for p in average.model.parameters())
