@@ -72,6 +72,7 @@ class SRPIEConfig:
     global_context: bool = False  # PENet also sees a thumbnail of the whole photo (see the module docstring)
     rrelu: bool = True  # MBFNet's RReLU (the paper's); False: the fixed slope RReLU has at inference
     own_look_input: bool = False  # PENet reads its own shallow feature, not MBFNet's (see graft_look)
+    look_width: int = 0  # with own_look_input, that feature's width (0: width): a look from another preset
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -431,8 +432,11 @@ class DeepSRPIE(nn.Module):
         self.h = conv(3, cfg.width, 3)  # the shallow feature H(I), shared by MBFNet and PENet
         self.mbfnet = MBFNet(cfg.width, cfg.t, image_skip=cfg.global_skip,
                              act=nn.RReLU if cfg.rrelu else FixedRReLU)
-        self.penet = PENet(cfg.width, cfg.pe_widths)
-        self.pe_h = conv(3, cfg.width, 3) if cfg.own_look_input else None  # PENet's own H(I)
+        if cfg.look_width and not cfg.own_look_input:
+            raise ValueError("look_width needs own_look_input (PENet otherwise reads MBFNet's H(I))")
+        look_width = cfg.look_width or cfg.width
+        self.penet = PENet(look_width, cfg.pe_widths)
+        self.pe_h = conv(3, look_width, 3) if cfg.own_look_input else None  # PENet's own H(I)
         self.context = GlobalContext(cfg.pe_widths[2]) if cfg.global_context else None
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
@@ -501,11 +505,15 @@ def graft_look(upscaler: DeepSRPIE, look: DeepSRPIE) -> DeepSRPIE:
     context: a joint model whose strength 0 (``with_strength``) is exactly ``upscaler``
     (PENet then reads its own shallow feature, ``own_look_input``, taken from ``look``'s).
     Fine-tuned with ``--look-only``, the look learns to work on this upscaler's MBFNet output
-    while the upscaler stays as it is."""
+    while the upscaler stays as it is. The two may be of different presets: the look keeps its
+    own widths (``look_width``, ``pe_widths``), as it meets the upscaler only through MBFNet's
+    3-channel output."""
     a, b = upscaler.cfg, look.cfg
-    if (a.scale, a.width, a.pe_widths) != (b.scale, b.width, b.pe_widths):
-        raise ValueError("graft_look: the two networks differ in scale, width or PENet widths")
-    new = DeepSRPIE(replace(a, own_look_input=True, global_context=b.global_context))
+    if a.scale != b.scale:
+        raise ValueError(f"graft_look: the upscaler is x{a.scale}, the look's network x{b.scale}")
+    look_width = b.look_width or b.width
+    new = DeepSRPIE(replace(a, own_look_input=True, global_context=b.global_context, pe_widths=b.pe_widths,
+                            look_width=0 if look_width == a.width else look_width))
     state = {k: v for k, v in upscaler.state_dict().items() if k.split(".")[0] not in LOOK_PARTS}
     state.update({k: v for k, v in look.state_dict().items() if k.split(".")[0] in LOOK_PARTS})
     if not b.own_look_input:  # the look read the shared H(I): it keeps reading that conv's weights

@@ -4,6 +4,7 @@ import torch
 from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, context_thumbnail, count_parameters, decompose,
                              flops_per_input_pixel, graft_look, local_transform, upsample_bicubic, wants_context, widen,
                              with_context, with_strength, without_rrelu)
+from srpie_cli.weights import load_model, save_weights
 
 PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D
 
@@ -212,5 +213,27 @@ def test_a_grafted_look_runs_on_the_other_networks_upscaler():
                               look.penet(look.h(x), bias), atol=1e-6)
         # the rest is the upscaler's: with no look, the two compute the same image
         assert torch.allclose(with_strength(joint, 0.0)(x), with_strength(upscaler, 0.0)(x), atol=1e-6)
-    with pytest.raises(ValueError, match="differ"):
-        graft_look(upscaler, perturbed(config_for("paper")))
+    with pytest.raises(ValueError, match="x3"):
+        graft_look(upscaler, perturbed(config_for("fast", scale=3)))
+
+
+def test_a_look_from_the_fast_preset_keeps_its_size_on_the_paper_upscaler(tmp_path):
+    upscaler = perturbed(config_for("paper"), seed=1)
+    look = with_context(perturbed(config_for("fast"), seed=2))
+    joint = graft_look(upscaler, look).eval()
+    assert (joint.cfg.width, joint.cfg.look_width, joint.cfg.pe_widths) == (64, 32, (8, 16, 16))
+    assert joint.pe_h.weight.shape[0] == 32 and joint.mbfnet is not None
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        assert torch.allclose(joint.penet(joint.pe_h(x), joint.context(context_thumbnail(x))),
+                              look.penet(look.h(x), look.context(context_thumbnail(x))), atol=1e-6)
+        assert torch.allclose(with_strength(joint, 0.0)(x), with_strength(upscaler, 0.0)(x), atol=1e-6)
+    # the mixed network survives a weights file: its config builds it again
+    path = tmp_path / "mixed.pt"
+    save_weights(path, joint, {"name": "mixed"})
+    again, _ = load_model(path)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), joint(x))
+    # a look width is only meaningful where PENet has a shallow feature of its own
+    with pytest.raises(ValueError, match="own_look_input"):
+        DeepSRPIE(config_for("paper", look_width=32))
