@@ -317,7 +317,9 @@ def remove_stale_temporaries(folder: Path) -> None:
 # ----------------------------------------------------------------------------- the work
 
 def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[str], None] | None = None) -> Photo:
-    """The network on the pixels (2x, enhanced); alpha upscaled bicubic, not enhanced."""
+    """The network on the pixels (2x, enhanced); alpha upscaled bicubic, not enhanced. A
+    black-and-white photo (``images.is_monochrome``) comes back neutral grey: the output's
+    luma (BT.601) in all three channels, so no model can tint it."""
     import torch
     import torch.nn.functional as F
 
@@ -328,6 +330,11 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
                        fit=not getattr(model, "compiled", False))
     x = torch.from_numpy(images.to_float(photo.pixels)).permute(2, 0, 1)[None].contiguous()
     y = upscale(model, x, opts, on_retry=on_retry)
+    if images.is_monochrome(photo.pixels):  # in place: a 24 MP output is 1.2 GB of float32
+        r, g, b = y[0]
+        r.mul_(0.299).add_(g, alpha=0.587).add_(b, alpha=0.114)
+        g.copy_(r)
+        b.copy_(r)
     pixels = images.from_float(y[0].permute(1, 2, 0).numpy(), photo.bits, overwrite=True)  # y is ours
     del y, x
     alpha = None

@@ -299,3 +299,48 @@ def test_decode_of_the_next_and_encode_of_the_previous_overlap_with_inference(tm
 
 
 WAIT = 30  # seconds: only reached when the overlap is missing
+
+
+def tint_model():
+    """A stand-in network that upscales 2x and casts the photo warm: what a look could do."""
+    import torch
+    import torch.nn.functional as F
+
+    class Tint(torch.nn.Module):
+        scale = 2
+
+        def __init__(self):
+            super().__init__()
+            self.cast = torch.nn.Parameter(torch.tensor([0.08, 0.0, -0.05]).view(1, 3, 1, 1))
+
+        def forward(self, x, *context):
+            return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + self.cast
+
+    return Tint().eval()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_black_and_white_photo_comes_back_neutral_and_a_colour_one_keeps_its_colour(dtype):
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(0)
+    grey = (rng.random((24, 32)) * top).astype(dtype)
+    mono = np.repeat(grey[..., None], 3, axis=2)
+    mono[..., 2] = np.clip(mono[..., 2].astype(np.int64) + (top // 255), 0, top)  # a grey JPEG's rounding
+    settings = Settings(tile=0)
+    out = batch.enhance_photo(tint_model(), images.Photo(pixels=mono), settings).pixels
+    assert out.shape == (48, 64, 3) and out.dtype == dtype
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    assert abs(float(out.mean()) - float(mono.mean())) < 0.03 * top  # the luma is the network's
+    colour = mono.copy()
+    colour[:4, :4, 0] = top  # one red corner makes it a colour photo
+    out = batch.enhance_photo(tint_model(), images.Photo(pixels=colour), settings).pixels.astype(np.float64)
+    assert out[..., 0].mean() - out[..., 2].mean() > 0.1 * top  # the cast is the model's to make
+
+
+def test_is_monochrome_checks_every_pixel_not_only_the_sample():
+    grey = np.full((50, 70, 3), 120, np.uint8)
+    assert images.is_monochrome(grey)
+    grey[3, 5] = (200, 120, 120)  # off the 7-pixel sampling grid
+    assert not images.is_monochrome(grey)
+    assert images.is_monochrome(np.full((8, 8, 3), 0.5, np.float32))
+    assert not images.is_monochrome(np.zeros((8, 8), np.uint8))  # not an RGB array at all
