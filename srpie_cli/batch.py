@@ -78,7 +78,7 @@ class Plan:
 class Settings:
     """Everything ``run`` needs besides the plan."""
 
-    model: str = "srpie-x2-sr"  # weights.DEFAULT_MODEL (not imported: planning needs no torch)
+    model: str = "srpie-x2"  # weights.DEFAULT_MODEL (not imported: planning needs no torch)
     device: str = "auto"
     tile: int | None = None  # None: tiling.default_tile(device), 192 on a CPU, 384 on CUDA
     compile: str = "auto"  # torch.compile: "on", "off", or "auto" (on a CPU for runs of COMPILE_MIN_MP or more)

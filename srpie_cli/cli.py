@@ -342,7 +342,7 @@ def _summary(outcome, report):
 def enhance(
     paths: Annotated[list[Path], typer.Argument(help="Photos and folders (folders are walked recursively).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", file_okay=False, help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
-    model: ModelOpt = "srpie-x2-sr",
+    model: ModelOpt = "srpie-x2",
     device: DeviceOpt = "auto",
     tile: TileOpt = None,
     overlap: OverlapOpt = 24,
@@ -387,7 +387,7 @@ def enhance(
 def preview(
     photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The photo to judge.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False, help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo).")] = None,
-    model: ModelOpt = "srpie-x2-sr",
+    model: ModelOpt = "srpie-x2",
     device: DeviceOpt = "auto",
     tile: TileOpt = None,
     overlap: OverlapOpt = 24,

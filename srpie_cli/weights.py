@@ -34,16 +34,16 @@ class ShippedModel:
 SHIPPED: dict[str, ShippedModel] = {
     m.name: m
     for m in [
-        ShippedModel("srpie-x2", "srpie-x2.pt", "joint 2x SR and enhancement: srpie-x2-sr's upscaler with a look, trained together"),
-        ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "pure 2x super-resolution (the default)"),
+        ShippedModel("srpie-x2", "srpie-x2.pt", "joint 2x SR and enhancement: srpie-x2-sr's upscaler with a look, trained together (the default)"),
+        ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "pure 2x super-resolution: colour and tone left as they are"),
         ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "joint 2x SR and enhancement, the fast preset: srpie-x2-fast-sr's upscaler with a look", "fast"),
         ShippedModel("srpie-x2-fast-sr", "srpie-x2-fast-sr.pt", "pure 2x super-resolution, the fast preset: for CPU-only studios", "fast"),
     ]
 }
-# The default is the model a studio can run on every photo unseen. srpie-x2 becomes the default
-# once it leaves well-exposed photos alone: it now beats bicubic on them on average, but still
-# moves the mean colour of low-key ones by up to 16 levels (weights/README.md).
-DEFAULT_MODEL = "srpie-x2-sr"
+# The default does the pass srpie replaces: upscale and fix exposure, colour and tone. srpie-x2
+# became it once it scored above bicubic on photos that need nothing (Set5, Set14: weights/README.md);
+# it still lifts low-key photos a little; srpie-x2-sr leaves them as they are (--strength 0 nearly so).
+DEFAULT_MODEL = "srpie-x2"
 
 
 def weights_dir() -> Path:
