@@ -139,7 +139,7 @@ def train(
 @app.command("eval")
 def evaluate(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="HR images (SR protocol) or a pairs folder with --pairs.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")] = "srpie-x2-sr",
+    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file (default: the pure upscaler, which the SR protocol scores).")] = "srpie-x2-sr",
     pairs: Annotated[bool, typer.Option("--pairs", help="FOLDER holds before/ and after/: score RGB against the after.")] = False,
     holdout: Annotated[int, typer.Option(min=0, help="With --pairs: score only the last N pairs (the held-out ones); 0: all.")] = 0,
     tta: Annotated[bool, typer.Option(help="Self-ensemble over four flips.")] = False,

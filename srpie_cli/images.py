@@ -96,15 +96,17 @@ def to_float(a: np.ndarray) -> np.ndarray:
 def is_monochrome(a: np.ndarray, tolerance: float = 2 / 255) -> bool:
     """Whether H x W x 3 pixels are neutral grey everywhere: R, G and B within ``tolerance`` (a
     fraction of full scale; the default allows the rounding of a grey JPEG or a black-and-white
-    export from a raw converter). A strided sample is checked first, so a colour photo costs
-    almost nothing."""
+    export from a raw converter). A frame too dark to tell (nothing above 16 times the
+    tolerance, 32 levels of 255 by default) counts as colour: a look may still find colour in
+    it. A strided sample is checked first, so a colour photo costs almost nothing."""
     limit = tolerance * (65535 if a.dtype == np.uint16 else 255 if a.dtype == np.uint8 else 1)
 
     def neutral(px: np.ndarray) -> bool:
         lo, hi = px.min(axis=-1), px.max(axis=-1)
         return bool(np.all(hi - lo <= limit))  # hi >= lo: no unsigned wrap-around
 
-    return a.ndim == 3 and a.shape[-1] == 3 and neutral(a[::7, ::7]) and neutral(a)
+    return (a.ndim == 3 and a.shape[-1] == 3 and neutral(a[::7, ::7]) and float(a.max()) > 16 * limit
+            and neutral(a))
 
 
 def from_float(a: np.ndarray, bits: int, overwrite: bool = False) -> np.ndarray:

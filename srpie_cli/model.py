@@ -79,6 +79,8 @@ class SRPIEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pe_widths"] = list(self.pe_widths)
+        if not d["look_width"]:
+            del d["look_width"]  # the usual case: a file that earlier srpie versions can read too
         return d
 
     @classmethod

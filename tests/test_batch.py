@@ -332,7 +332,7 @@ def test_a_black_and_white_photo_comes_back_neutral_and_a_colour_one_keeps_its_c
     assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
     assert abs(float(out.mean()) - float(mono.mean())) < 0.03 * top  # the luma is the network's
     colour = mono.copy()
-    colour[:4, :4, 0] = top  # one red corner makes it a colour photo
+    colour[3, 5, 0] = top  # one red pixel, off the sampled grid, makes it a colour photo
     out = batch.enhance_photo(tint_model(), images.Photo(pixels=colour), settings).pixels.astype(np.float64)
     assert out[..., 0].mean() - out[..., 2].mean() > 0.1 * top  # the cast is the model's to make
 
@@ -344,3 +344,4 @@ def test_is_monochrome_checks_every_pixel_not_only_the_sample():
     assert not images.is_monochrome(grey)
     assert images.is_monochrome(np.full((8, 8, 3), 0.5, np.float32))
     assert not images.is_monochrome(np.zeros((8, 8), np.uint8))  # not an RGB array at all
+    assert not images.is_monochrome(np.full((8, 8, 3), 20, np.uint8))  # too dark to tell: left to the model
