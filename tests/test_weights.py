@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -85,3 +87,20 @@ def test_the_defaults_agree():
     assert DEFAULT_MODEL in SHIPPED and Settings().model == DEFAULT_MODEL
     for command in (enhance, preview):
         assert inspect.signature(command).parameters["model"].default == DEFAULT_MODEL
+
+
+def test_the_model_card_and_readme_quote_the_scores_each_shipped_file_carries():
+    # the figures in the docs are the measured ones stored in the files: retraining a model
+    # without updating its card (or editing a number by hand) fails here
+    root = Path(__file__).resolve().parents[1]
+    card = (root / "weights" / "README.md").read_text()
+    readme = (root / "README.md").read_text().splitlines()
+    for name in SHIPPED:
+        path = resolve(name)
+        if path is None:
+            continue
+        _, meta = load_model(name)
+        row = next(line for line in readme if line.startswith(f"| `{name}` |"))
+        for label, s in meta["scores"].items():
+            assert f"**{s['psnr']:.2f} / {s['ssim']:.4f}**" in card, f"{name} {label} not in the model card"
+            assert f"{s['psnr']:.2f}" in row, f"{name} {label} not in the README's model table"
