@@ -101,12 +101,12 @@ def is_monochrome(a: np.ndarray, tolerance: float = 2 / 255) -> bool:
     it. A strided sample is checked first, so a colour photo costs almost nothing."""
     limit = tolerance * (65535 if a.dtype == np.uint16 else 255 if a.dtype == np.uint8 else 1)
 
-    def neutral(px: np.ndarray) -> bool:
+    def neutral(px: np.ndarray, bright_enough: bool = False) -> bool:
         lo, hi = px.min(axis=-1), px.max(axis=-1)
-        return bool(np.all(hi - lo <= limit))  # hi >= lo: no unsigned wrap-around
+        grey = bool(np.all(hi - lo <= limit))  # hi >= lo: no unsigned wrap-around
+        return grey and (not bright_enough or float(hi.max()) > 16 * limit)
 
-    return (a.ndim == 3 and a.shape[-1] == 3 and neutral(a[::7, ::7]) and float(a.max()) > 16 * limit
-            and neutral(a))
+    return a.ndim == 3 and a.shape[-1] == 3 and neutral(a[::7, ::7]) and neutral(a, bright_enough=True)
 
 
 def from_float(a: np.ndarray, bits: int, overwrite: bool = False) -> np.ndarray:
