@@ -221,7 +221,7 @@ def end_to_end(sz: Sizes, peak: float) -> dict:
     its metadata: the work ``srpie enhance`` does per photo (batch overlaps decode and
     encode with inference on worker threads; here they are timed one after the other)."""
     from srpie_cli import images
-    from srpie_cli.batch import Settings, enhance_photo
+    from srpie_cli.inference import Settings, enhance_photo
 
     h, w = sz.image
     rng = np.random.default_rng(0)

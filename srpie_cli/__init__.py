@@ -8,3 +8,9 @@ class SrpieError(Exception):
 
     Raised inside the library; the CLI turns it into a one-line message and an exit code.
     """
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), at most 160 characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:160]

@@ -22,15 +22,15 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from srpie_cli import SrpieError, __version__
-from srpie_cli import images
-from srpie_cli.images import DEFAULT_MAX_MEGAPIXELS, DEFAULT_QUALITY, Photo
+from srpie_cli import SrpieError, __version__, defaults, images
+from srpie_cli.images import Photo
+from srpie_cli.inference import Settings, load
 
 LOCK_NAME = ".srpie.lock"
 PREFETCH = 2  # photos decoded ahead of the network
@@ -72,23 +72,6 @@ class Plan:
     jobs: list[Job]
     results: list[FileResult]  # decided without work: skipped and failed entries
     out_roots: list[Path]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything ``run`` needs besides the plan."""
-
-    model: str = "srpie-x2"  # weights.DEFAULT_MODEL (not imported: planning needs no torch)
-    device: str = "auto"
-    tile: int | None = None  # None: tiling.default_tile(device), 192 on a CPU, 384 on CUDA
-    compile: str = "auto"  # torch.compile: "on", "off", or "auto" (on a CPU for runs of COMPILE_MIN_MP or more)
-    overlap: int = 24  # tiling.DEFAULT_OVERLAP
-    tta: bool = False
-    half: bool = False
-    quality: int = DEFAULT_QUALITY
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-    threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
-    strength: float = 1.0  # how much of the model's look to apply (model.with_strength)
 
 
 class Listener:
@@ -257,7 +240,7 @@ class OutputLock:
         self.roots = sorted(dict.fromkeys(r.resolve() for r in roots))
         self.files: list = []
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         try:
             for r in self.roots:
                 path = r / LOCK_NAME
@@ -316,41 +299,7 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- the work
 
-def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[str], None] | None = None) -> Photo:
-    """The network on the pixels (2x, enhanced); alpha upscaled bicubic, not enhanced. A
-    black-and-white photo (``images.is_monochrome``) comes back neutral grey: the output's
-    luma (BT.601) in all three channels, so no model can tint it."""
-    import torch
-    import torch.nn.functional as F
-
-    from srpie_cli.tiling import TileOptions, upscale
-
-    # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit
-    opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
-                       fit=not getattr(model, "compiled", False))
-    x = torch.from_numpy(images.to_float(photo.pixels)).permute(2, 0, 1)[None].contiguous()
-    y = upscale(model, x, opts, on_retry=on_retry)
-    if images.is_monochrome(photo.pixels):  # in place: a 24 MP output is 1.2 GB of float32
-        r, g, b = y[0]
-        r.mul_(0.299).add_(g, alpha=0.587).add_(b, alpha=0.114)
-        g.copy_(r)
-        b.copy_(r)
-    pixels = images.from_float(y[0].permute(1, 2, 0).numpy(), photo.bits, overwrite=True)  # y is ours
-    del y, x
-    alpha = None
-    if photo.alpha is not None:
-        a = torch.from_numpy(images.to_float(photo.alpha))[None, None]
-        a = F.interpolate(a, scale_factor=model.scale, mode="bicubic", align_corners=False)
-        alpha = images.from_float(a[0, 0].numpy(), photo.bits)
-    return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
-
-
-# torch.compile costs tens of seconds once per run and tile shape and saves about a third of
-# the CPU time per megapixel (benchmarks/bench.py): it pays from a few megapixels on
-COMPILE_MIN_MP = 8.0
-
-
-def estimate_megapixels(jobs: Sequence[Job], enough: float = COMPILE_MIN_MP) -> float:
+def estimate_megapixels(jobs: Sequence[Job], enough: float = defaults.COMPILE_MIN_MP) -> float:
     """Input megapixels of the jobs from their headers (RAW: from the file size, about 1 MB a
     megapixel), stopping once ``enough`` is reached."""
     from PIL import Image
@@ -360,7 +309,7 @@ def estimate_megapixels(jobs: Sequence[Job], enough: float = COMPILE_MIN_MP) -> 
         try:
             with Image.open(job.src) as im:
                 total += im.width * im.height / 1e6
-        except Exception:  # noqa: BLE001 - RAW or unreadable: a guess is all this needs
+        except Exception:
             try:
                 total += job.src.stat().st_size / 1e6
             except OSError:
@@ -368,36 +317,6 @@ def estimate_megapixels(jobs: Sequence[Job], enough: float = COMPILE_MIN_MP) -> 
         if total >= enough:
             break
     return total
-
-
-def load_for_inference(settings: Settings, warn: Callable[[str], None], megapixels: float = 0.0):
-    """(model ready on its device, its metadata, the device, the settings it runs with):
-    threads set, the tile chosen for the device, ``--half`` dropped with a warning off CUDA,
-    torch.compile on a CPU when the run is large enough (``megapixels``), an untrained model
-    announced."""
-    import torch  # imported here: planning and --help stay fast
-
-    from srpie_cli.accel import prepare
-    from srpie_cli.model import with_strength
-    from srpie_cli.tiling import default_tile, pick_device
-    from srpie_cli.weights import load_model
-
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    model, meta = load_model(settings.model)
-    with_strength(model, settings.strength)
-    device = pick_device(settings.device)
-    if settings.half and device.type != "cuda":
-        warn("--half needs a CUDA device; running in float32 on the CPU")
-        settings = replace(settings, half=False)
-    if settings.tile is None:
-        settings = replace(settings, tile=default_tile(device))
-    want = {"on": True, "off": False}.get(settings.compile, device.type == "cpu" and megapixels >= COMPILE_MIN_MP)
-    model = prepare(model, device, compile=want, on_fallback=warn)
-    if meta.get("untrained"):
-        warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
-             "is a plain bicubic 2x upscale, not an enhancement")
-    return model, meta, device, settings
 
 
 # errors one file can raise without the batch being wrong: reported for that file
@@ -427,12 +346,15 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
     for r in p.results:
         listener.file_done(r)
     mp = estimate_megapixels(p.jobs) if settings.compile == "auto" else 0.0
-    model, meta, device, settings = load_for_inference(settings, listener.warn, mp)
-    listener.start(len(p.jobs), meta, str(device))
+    enhancer = load(settings, listener.warn, mp)
+    settings = enhancer.settings
+    listener.start(len(p.jobs), enhancer.meta, str(enhancer.device))
 
     def decode(job: Job) -> tuple[Photo, float]:
+        """Decode, and check that the output can be written, before the network runs."""
         t = time.perf_counter()
-        photo = images.read_photo(job.src, settings.max_megapixels)
+        photo = enhancer.decode(job.src)
+        images.check_writable(job.dst, photo, job.fmt, settings.quality)
         return photo, time.perf_counter() - t
 
     prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
@@ -476,8 +398,9 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
                 photo, dt = fut.result()
                 res.megapixels = round(photo.megapixels, 3)
                 res.timings["decode"] = round(dt, 3)
+                res.notes += photo.notes  # what the decoder noted reaches the log and the report
                 t = time.perf_counter()
-                out = enhance_photo(model, photo, settings, on_retry=lambda m: res.notes.append(m))
+                out = enhancer.enhance(photo, on_retry=res.notes.append)
                 res.timings["enhance"] = round(time.perf_counter() - t, 3)
                 del photo
             except FILE_ERRORS as e:

@@ -17,11 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from srpie_cli import SrpieError, __version__
+from srpie_cli import SrpieError, __version__, defaults
 
 app = typer.Typer(
     name="srpie",
-    help="Batch photo retoucher: Deep SR-PIE 2x super-resolution and enhancement.",
+    help="Batch photo retoucher: every photo of a shoot at 2x, with exposure, colour and tone "
+    "fixed and its metadata kept.\n\nExample: srpie enhance ./shoot/   (writes shoot_srpie/)",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
@@ -62,158 +63,52 @@ def _version(value: bool):
 @app.callback()
 def main(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Show the version and exit.")] = None,
+                                                    help="Show the version and exit.", metavar="")] = None,
 ):
     """srpie: joint 2x super-resolution and perceptual enhancement for photo batches."""
 
 
-StrengthOpt = Annotated[float, typer.Option(min=0.0, max=2.0, help="How much of the model's colour and tone correction to apply: 0 none (upscale only), 1 as trained, up to 2. The joint models only.")]
+StrengthOpt = Annotated[float, typer.Option(
+    min=0.0, max=2.0, metavar="S",
+    help="How much of the model's colour and tone correction to apply: 0 none (upscale only), 1 as "
+    "trained, up to 2.")]
+ADVANCED = "Advanced"  # the help panel of the engineer's knobs
 
 
-@app.command()
-def train(
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (best by validation).")],
-    photos: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of good photos (synthetic pairs); repeatable.")] = None,
-    pairs: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of real pairs: before/ and after/ subfolders; repeatable.")] = None,
-    sr_only: Annotated[bool, typer.Option("--sr-only", help="Synthetic pairs get bicubic downscaling only (pure super-resolution).")] = False,
-    preset: Annotated[Preset, typer.Option(help="Network size.")] = Preset.paper,
-    global_skip: Annotated[bool, typer.Option(help="Residual on bicubic (an untrained net starts at bicubic); off only for the ablation.")] = True,
-    init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
-    rrelu: Annotated[bool, typer.Option(help="--no-rrelu: MBFNet's RReLU fixed at its inference slope (no random slopes in training; an --init model keeps its output).")] = True,
-    du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
-    global_context: Annotated[bool, typer.Option("--global-context", help="PENet also sees a thumbnail of the whole photo, so the look does not depend on the tile (added to an --init model that lacks it, keeping its output).")] = False,
-    look_only: Annotated[bool, typer.Option("--look-only", help="With --init: train only the look (PENet and the global context); the upscaler stays as shipped. A step costs 1.8-2.6x less (benchmarks/train_step.py), and a few house-look pairs cannot cost sharpness.")] = False,
-    look_from: Annotated[Optional[str], typer.Option(help="With --init: keep its upscaler and take the look (PENet and the global context) from this model instead; with --look-only, the look then learns to work on the new upscaler.")] = None,
-    recipe: Annotated[Recipe, typer.Option(help="cpu: lr 1e-3 cosine, 48 px; paper: lr 1e-4, 64 px.")] = Recipe.cpu,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
-    minutes: Annotated[Optional[float], typer.Option(help="Wall-time budget in minutes, resumes included; the schedule ends with whichever of --steps and --minutes ends first.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Patches per step (recipe default).")] = None,
-    patch: Annotated[Optional[int], typer.Option(min=8, help="Low-resolution patch side (recipe default).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (recipe default).")] = None,
-    loss: Annotated[Loss, typer.Option(help="l1, or the paper's hybrid loss.")] = Loss.l1,
-    ema: Annotated[float, typer.Option(min=0, max=0.99999, help="Validate and write an exponential moving average of the weights with this decay (0.999: about the last 1,000 steps); 0: off. The log also scores the weights without it.")] = 0.0,
-    vgg: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Local VGG-19 weights for the content loss.")] = None,
-    val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="HR folder scored with the SR protocol.")] = None,
-    holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out (the last N by name): validated on, unless --val-pairs.")] = 3,
-    val_pairs: Annotated[int, typer.Option(min=0, help="Pairs per folder, before the held-out ones, kept out of training to validate and choose the best file on, so the held-out pairs stay unseen by every choice (0: validate on the held-out pairs).")] = 0,
-    pair_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of each batch from real pairs.")] = 0.5,
-    clean_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
-    val_every: Annotated[int, typer.Option(min=1)] = 250,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints and log (default: runs/<out name>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
-    threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: all).")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option(min=0, help="Processes making batches in the background (a GPU needs several); 0: none, and a resume on a CPU without --minutes is bit-exact.")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-):
-    """Train or fine-tune a model on good photos and/or (before, after) pairs."""
-    from srpie_cli.train import TrainConfig, train as run_train
+def _readable_help() -> None:
+    """Recent Typer prints each parameter's Python type in --help (``<bool>`` after a flag,
+    ``<list[Path]>`` after the photos). Show what a user types instead: nothing after a
+    flag, the metavar where one is given, else a plain word (N, X, TEXT, PATH)."""
+    from typer import core
 
-    rec = TrainConfig.recipe(recipe.value)
-    for name, value in (("batch_size", batch_size), ("patch", patch), ("lr", lr)):
-        if value is not None:
-            rec[name] = value
-    cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, look_only=look_only, look_from=look_from, steps=steps,
-                      minutes=minutes, loss=loss.value, ema=ema, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
-                      pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
-                      device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
-    try:
-        if err.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.1e}"), TimeRemainingColumn())
-            with Progress(*columns, console=err) as bar:
-                # with a time budget the step count is not known ahead: the bar shows progress only
-                task = bar.add_task("train", total=None if cfg.minutes else cfg.steps, loss=0.0, lr=cfg.lr)
-                summary = run_train(cfg, log=lambda m: bar.console.print(m, highlight=False),
-                                    on_step=lambda step, loss, lr: bar.update(task, completed=step, loss=loss, lr=lr))
-        else:  # cron / nohup: one line every 20 steps
-            summary = run_train(cfg, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
-    except SrpieError as e:
-        raise fail(str(e), EXIT_FAILED) from None
-    out.print(json.dumps(summary["scores"], indent=1))
-
-
-@app.command("eval")
-def evaluate(
-    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="HR images (SR protocol) or a pairs folder with --pairs.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file (default: the pure upscaler, which the SR protocol scores).")] = "srpie-x2-sr",
-    pairs: Annotated[bool, typer.Option("--pairs", help="FOLDER holds before/ and after/: score RGB against the after.")] = False,
-    holdout: Annotated[int, typer.Option(min=0, help="With --pairs: score only the last N pairs (the held-out ones); 0: all.")] = 0,
-    tta: Annotated[bool, typer.Option(help="Self-ensemble over four flips.")] = False,
-    strength: StrengthOpt = 1.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-):
-    """Score a model beside bicubic: PSNR/SSIM on Y (2x SR protocol) or RGB on pairs."""
-    from srpie_cli.data import PairSet
-    from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
-    from srpie_cli.model import with_strength
-    from srpie_cli.tiling import TileOptions
-    from srpie_cli.weights import load_model
-
-    try:
-        net, meta = load_model(model)
-        with_strength(net, strength)
-        if meta["untrained"]:
-            err.print(f"[bold yellow]warning:[/] {model}: no trained weights shipped; scoring an UNTRAINED network")
-        opts = TileOptions(tile=0, tta=tta)
-        if pairs:
-            train_set, held = PairSet.from_folders([folder], net.scale, holdout)
-            scores = evaluate_pairs(net, held if holdout else train_set, opts)
-        else:
-            scores = evaluate_sr(net, folder, opts)
-    except SrpieError as e:
-        raise fail(str(e), EXIT_FAILED) from None
-    if not scores:
-        raise fail(f"{folder}: no images to score", EXIT_FAILED)
-    mean = mean_score(scores)
-    metric = "RGB" if pairs else f"Y, {net.scale}px border"
-    if as_json:
-        out.print_json(json.dumps({"model": model, "folder": str(folder), "metric": metric, "mean": mean,
-                                   "images": [vars(s) for s in scores]}))
-        return
-    table = Table(title=f"{model} on {folder.name} ({metric})")
-    for col in ("image", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM", "colour shift"):
-        table.add_column(col, justify="left" if col == "image" else "right")
-    for s in scores:
-        table.add_row(s.name, f"{s.psnr:.2f}", f"{s.ssim:.4f}", f"{s.bicubic_psnr:.2f}", f"{s.bicubic_ssim:.4f}",
-                      f"{s.colour_shift:.1f}")
-    table.add_row("[bold]mean", f"[bold]{mean['psnr']:.2f}", f"[bold]{mean['ssim']:.4f}",
-                  f"{mean['bicubic_psnr']:.2f}", f"{mean['bicubic_ssim']:.4f}", f"{mean['colour_shift']:.1f}")
-    table.caption = "colour shift: the largest change of a channel's mean against bicubic, in 8-bit levels"
-    out.print(table)
-
-
-@app.command()
-def models():
-    """List the shipped models with their size, training and scores."""
-    from srpie_cli.model import count_parameters
-    from srpie_cli.weights import SHIPPED, load_model
-
-    table = Table(title="srpie models")
-    table.add_column("name", no_wrap=True, min_width=max(map(len, SHIPPED)))  # a name is typed: never cut it
-    table.add_column("parameters", no_wrap=True)
-    for col in ("what", "last training run", "scores"):
-        table.add_column(col)
-    for name, entry in SHIPPED.items():
-        try:
-            net, meta = load_model(name)
-        except SrpieError as e:
-            table.add_row(name, "-", entry.summary, f"[red]{e}", "")
+    words = {"int": "N", "int range": "N", "float": "X", "float range": "X", "str": "TEXT", "Path": "PATH",
+             "dir": "DIR", "file": "FILE", "path": "PATH", "list[Path]": "PATH..."}
+    for cls in (core.TyperOption, core.TyperArgument):
+        original = getattr(cls, "display_type_rich", None)
+        if original is None:  # an older Typer: it shows click's metavars already
             continue
-        if meta["untrained"]:
-            table.add_row(name, f"{count_parameters(net):,}", entry.summary, "[yellow]not shipped yet", "")
-            continue
-        trained = f"{meta.get('steps', '?')} steps, {meta.get('train_seconds', 0) / 3600:.1f} h"
-        scores = "; ".join(f"{k}: {v['psnr']:.2f} dB (bicubic {v['bicubic_psnr']:.2f})"
-                           for k, v in (meta.get("scores") or {}).items() if isinstance(v, dict) and "psnr" in v)
-        table.add_row(name, f"{count_parameters(net):,}", entry.summary, trained, scores)
-    out.print(table)
+
+        def display(self, ctx, _original=original, _argument=cls is core.TyperArgument):
+            if _argument:  # its name is shown already
+                return None
+            if getattr(self, "is_flag", False) or getattr(self, "is_bool_flag", False):
+                return None
+            if self.metavar is not None:
+                return self.metavar or None
+            shown = _original(self, ctx)
+            if not shown:
+                return shown
+            inner = shown.strip("<>").removesuffix("...")
+            return words.get(inner, inner.upper() if "|" not in inner else f"[{inner}]")
+
+        cls.display_type_rich = display
+
+
+_readable_help()
 
 
 # ----------------------------------------------------------------------------- enhance, preview
+# (defined first: --help lists commands in this order)
 
 def _esc(text) -> str:
     """File names and reasons printed literally (a name like "IMG [1].jpg" is not markup)."""
@@ -242,23 +137,35 @@ class Compile(str, Enum):
 
 
 def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile=Compile.auto,
-              strength=1.0):
-    from srpie_cli.batch import Settings
+              strength=defaults.STRENGTH):
+    from srpie_cli.inference import Settings
 
     return Settings(model=model, device=device, tile=tile, overlap=overlap, tta=tta, half=half,
                     quality=quality, max_megapixels=max_megapixels, threads=threads, compile=compile.value,
                     strength=strength)
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-TileOpt = Annotated[Optional[int], typer.Option(min=0, help="Tile side in input pixels (0: whole image at once; default: 192 on a CPU, 384 on CUDA).")]
-CompileOpt = Annotated[Compile, typer.Option(help="torch.compile the network: auto (on a CPU for runs of 8 MP or more), on, off.")]
-OverlapOpt = Annotated[int, typer.Option(min=0, help="Pixels shared by neighbouring tiles (blended).")]
-TtaOpt = Annotated[bool, typer.Option("--tta", help="Average the four flips (slower, slightly better).")]
-HalfOpt = Annotated[bool, typer.Option("--half", help="float16 on CUDA (ignored with a warning on the CPU).")]
-MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger inputs (decompression bombs).")]
-ThreadsOpt = Annotated[int, typer.Option(min=0, help="CPU threads for the network (0: all; 1-2 on a busy shared machine).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME|FILE",
+                                       help="Shipped model (srpie models) or a weights file.")]
+DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", rich_help_panel=ADVANCED)]
+TileOpt = Annotated[Optional[int], typer.Option(
+    min=0, metavar="N", rich_help_panel=ADVANCED,
+    help=f"Tile side in input pixels (0: whole image at once; default: {defaults.CPU_TILE} on a CPU, "
+    f"{defaults.CUDA_TILE} on CUDA).")]
+CompileOpt = Annotated[Compile, typer.Option(
+    rich_help_panel=ADVANCED,
+    help=f"torch.compile the network: auto (on a CPU for runs of {defaults.COMPILE_MIN_MP:g} MP or more), on, off.")]
+OverlapOpt = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
+                                         help="Pixels shared by neighbouring tiles (blended).")]
+TtaOpt = Annotated[bool, typer.Option("--tta", rich_help_panel=ADVANCED,
+                                      help="Average the four flips (4x slower, slightly better).")]
+HalfOpt = Annotated[bool, typer.Option("--half", rich_help_panel=ADVANCED,
+                                       help="float16 on CUDA (ignored with a warning on the CPU).")]
+MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, metavar="MP",
+                                         help="Refuse larger inputs (decompression bombs).")]
+ThreadsOpt = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
+                                         help="CPU threads for the network (0: all; 1-2 on a busy shared machine).")]
+QualityOpt = Annotated[int, typer.Option(min=1, max=100, metavar="Q", help="JPEG/WebP quality (4:4:4 chroma).")]
 
 
 class _Lines:
@@ -340,27 +247,38 @@ def _summary(outcome, report):
 
 @app.command()
 def enhance(
-    paths: Annotated[list[Path], typer.Argument(help="Photos and folders (folders are walked recursively).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", file_okay=False, help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
-    model: ModelOpt = "srpie-x2",
-    device: DeviceOpt = "auto",
+    paths: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER...", show_default=False,
+                                                help="Photos and folders (folders are walked recursively).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", file_okay=False, metavar="DIR",
+        help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
+    model: ModelOpt = defaults.MODEL,
+    strength: StrengthOpt = defaults.STRENGTH,
+    fmt: Annotated[Optional[OutFormat], typer.Option(
+        "--format", help="Output format (default: as the input; RAW -> 16-bit TIFF).")] = None,
+    quality: QualityOpt = defaults.QUALITY,
+    raw_jpeg: Annotated[RawJpeg, typer.Option(
+        "--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both.")] = RawJpeg.raw,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Redo outputs srpie wrote before (default: skip them, resume).")] = False,
+    report: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, metavar="FILE.json", help="Write a JSON report: per-file status, output, timings, notes.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and failures.")] = False,
+    max_megapixels: MaxMpOpt = defaults.MAX_MEGAPIXELS,
+    device: DeviceOpt = defaults.DEVICE,
     tile: TileOpt = None,
-    overlap: OverlapOpt = 24,
+    overlap: OverlapOpt = defaults.OVERLAP,
     tta: TtaOpt = False,
     half: HalfOpt = False,
-    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (4:4:4 chroma).")] = 95,
-    fmt: Annotated[Optional[OutFormat], typer.Option("--format", help="Output format (default: as the input; RAW -> 16-bit TIFF).")] = None,
-    raw_jpeg: Annotated[RawJpeg, typer.Option("--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both.")] = RawJpeg.raw,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist (default: skip them, resume).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and failures.")] = False,
-    report: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a JSON report: per-file status, output, timings, errors.")] = None,
-    max_megapixels: MaxMpOpt = 150.0,
     threads: ThreadsOpt = 0,
     compile: CompileOpt = Compile.auto,
-    strength: StrengthOpt = 1.0,
 ):
-    """Enhance photos at 2x, keeping their metadata; skips what is done, goes on past bad files."""
-    from srpie_cli.batch import Interrupted, UsageError, enhance as run_enhance
+    """Enhance every photo at 2x, keeping its metadata; skips what is done, goes on past bad files.
+
+    Example: srpie enhance ./shoot/ -o /srv/enhanced --report run.json
+    """
+    from srpie_cli.batch import Interrupted, UsageError
+    from srpie_cli.batch import enhance as run_enhance
 
     listener = _Bar() if (err.is_terminal and not quiet) else _Lines(quiet)
     try:
@@ -385,22 +303,29 @@ def enhance(
 
 @app.command()
 def preview(
-    photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The photo to judge.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False, help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo).")] = None,
-    model: ModelOpt = "srpie-x2",
-    device: DeviceOpt = "auto",
+    photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="PHOTO", show_default=False,
+                                          help="The photo to judge.")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", dir_okay=False, metavar="FILE",
+        help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo).")] = None,
+    model: ModelOpt = defaults.MODEL,
+    strength: StrengthOpt = defaults.STRENGTH,
+    crop: Annotated[int, typer.Option(min=8, metavar="N", help="Side of the zoomed crop, in input pixels.")] = 64,
+    zoom: Annotated[int, typer.Option(min=1, max=8, metavar="N", help="Magnification of the crop.")] = 3,
+    at: Annotated[Optional[str], typer.Option(
+        metavar="X,Y", help="Crop centre as fractions of the width and height (default 0.5,0.5).")] = None,
+    max_megapixels: MaxMpOpt = defaults.MAX_MEGAPIXELS,
+    device: DeviceOpt = defaults.DEVICE,
     tile: TileOpt = None,
-    overlap: OverlapOpt = 24,
+    overlap: OverlapOpt = defaults.OVERLAP,
     tta: TtaOpt = False,
     half: HalfOpt = False,
-    crop: Annotated[int, typer.Option(min=8, help="Side of the zoomed crop, in input pixels.")] = 64,
-    zoom: Annotated[int, typer.Option(min=1, max=8, help="Magnification of the crop.")] = 3,
-    at: Annotated[Optional[str], typer.Option(help="Crop centre as fractions X,Y of the width and height (default 0.5,0.5).")] = None,
-    max_megapixels: MaxMpOpt = 150.0,
     threads: ThreadsOpt = 0,
-    strength: StrengthOpt = 1.0,
 ):
-    """A before/after sheet: bicubic 2x beside srpie 2x, with a zoomed crop of each."""
+    """A before/after sheet of one photo: bicubic 2x beside srpie 2x, with a zoomed crop of each.
+
+    Example: srpie preview IMG_0001.jpg --strength 0.5
+    """
     from srpie_cli.preview import preview as make_preview
 
     centre = None
@@ -414,9 +339,162 @@ def preview(
         centre = (cx, cy)
     try:
         path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre,
-                            settings=_settings(model, device, tile, overlap, tta, half, 95, max_megapixels, threads,
+                            settings=_settings(model, device, tile, overlap, tta, half, defaults.QUALITY, max_megapixels, threads,
                                               strength=strength),
                             log=lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False))
     except SrpieError as e:
         raise fail(_esc(e), EXIT_FAILED) from None
     out.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def models():
+    """The shipped models: what each does to a photo, its size and how fast it runs."""
+    from srpie_cli.model import count_parameters
+    from srpie_cli.weights import SHIPPED, load_model
+
+    table = Table(title="srpie models", title_justify="left")
+    table.add_column("name", no_wrap=True, min_width=max(map(len, SHIPPED)))  # a name is typed: never cut it
+    table.add_column("what it does to a photo", ratio=3)
+    table.add_column("speed", ratio=2)
+    table.add_column("params", justify="right", no_wrap=True)
+    notes = []
+    for name, entry in SHIPPED.items():
+        default = " (default)" if name == defaults.MODEL else ""
+        try:
+            net, meta = load_model(name)
+        except SrpieError as e:
+            table.add_row(name, entry.does + default, entry.speed, "-")
+            notes.append(f"{name}: {e}")
+            continue
+        if meta["untrained"]:
+            notes.append(f"{name}: weights file not installed (an untrained network: bicubic only)")
+        table.add_row(name, entry.does + default, entry.speed, f"{count_parameters(net) / 1e3:,.0f} k")
+    out.print(table)
+    for note in notes:
+        err.print(f"[bold yellow]warning:[/] {_esc(note)}", highlight=False)
+    out.print("Scores and how each was trained: weights/README.md (installed beside the weights).",
+              highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def evaluate(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="HR images (SR protocol) or a pairs folder with --pairs.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model name or weights file (default: the pure upscaler, which the SR protocol scores).")] = defaults.EVAL_MODEL,
+    pairs: Annotated[bool, typer.Option("--pairs", help="FOLDER holds before/ and after/: score RGB against the after.")] = False,
+    holdout: Annotated[int, typer.Option(min=0, help="With --pairs: score only the last N pairs (the held-out ones); 0: all.")] = 0,
+    tta: Annotated[bool, typer.Option(help="Self-ensemble over four flips.")] = False,
+    strength: StrengthOpt = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Score a model beside bicubic: PSNR/SSIM on Y (2x SR protocol) or RGB on pairs.
+
+    Example: srpie eval pairs/ --pairs --holdout 3 --model house.pt
+    """
+    from srpie_cli.data import PairSet
+    from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
+    from srpie_cli.model import with_strength
+    from srpie_cli.tiling import TileOptions
+    from srpie_cli.weights import load_model
+
+    try:
+        net, meta = load_model(model)
+        with_strength(net, strength)
+        if meta["untrained"]:
+            err.print(f"[bold yellow]warning:[/] {model}: no trained weights shipped; scoring an UNTRAINED network")
+        opts = TileOptions(tile=0, tta=tta)
+        if pairs:
+            train_set, held = PairSet.from_folders([folder], net.scale, holdout)
+            scores = evaluate_pairs(net, held if holdout else train_set, opts)
+        else:
+            scores = evaluate_sr(net, folder, opts)
+    except SrpieError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    if not scores:
+        raise fail(f"{folder}: no images to score", EXIT_FAILED)
+    mean = mean_score(scores)
+    metric = "RGB" if pairs else f"Y, {net.scale}px border"
+    if as_json:
+        out.print_json(json.dumps({"model": model, "folder": str(folder), "metric": metric, "mean": mean,
+                                   "images": [vars(s) for s in scores]}))
+        return
+    table = Table(title=f"{model} on {folder.name} ({metric})")
+    for col in ("image", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM", "colour shift"):
+        table.add_column(col, justify="left" if col == "image" else "right")
+    for s in scores:
+        table.add_row(s.name, f"{s.psnr:.2f}", f"{s.ssim:.4f}", f"{s.bicubic_psnr:.2f}", f"{s.bicubic_ssim:.4f}",
+                      f"{s.colour_shift:.1f}")
+    table.add_row("[bold]mean", f"[bold]{mean['psnr']:.2f}", f"[bold]{mean['ssim']:.4f}",
+                  f"{mean['bicubic_psnr']:.2f}", f"{mean['bicubic_ssim']:.4f}", f"{mean['colour_shift']:.1f}")
+    table.caption = "colour shift: the largest change of a channel's mean against bicubic, in 8-bit levels"
+    out.print(table)
+
+
+@app.command()
+def train(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (best by validation).")],
+    photos: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of good photos (synthetic pairs); repeatable.")] = None,
+    pairs: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of real pairs: before/ and after/ subfolders; repeatable.")] = None,
+    sr_only: Annotated[bool, typer.Option("--sr-only", help="Synthetic pairs get bicubic downscaling only (pure super-resolution).")] = False,
+    preset: Annotated[Preset, typer.Option(help="Network size.")] = Preset.paper,
+    global_skip: Annotated[bool, typer.Option(hidden=True, help="--no-global-skip: the paper's ablation (docs/network.md).")] = True,
+    init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
+    rrelu: Annotated[bool, typer.Option(hidden=True, help="--no-rrelu: MBFNet's RReLU fixed at its inference slope.")] = True,
+    du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
+    global_context: Annotated[bool, typer.Option("--global-context", help="PENet also sees a thumbnail of the whole photo, so the look does not depend on the tile (added to an --init model that lacks it, keeping its output).")] = False,
+    look_only: Annotated[bool, typer.Option("--look-only", help="With --init: train only the look (PENet and the global context); the upscaler stays as shipped. A step costs 1.8-2.6x less (benchmarks/train_step.py), and a few house-look pairs cannot cost sharpness.")] = False,
+    look_from: Annotated[Optional[str], typer.Option(help="With --init: keep its upscaler and take the look (PENet and the global context) from this model instead; with --look-only, the look then learns to work on the new upscaler.")] = None,
+    recipe: Annotated[Recipe, typer.Option(hidden=True, help="cpu: lr 1e-3 cosine, 48 px; paper: the paper's lr 1e-4, 64 px.")] = Recipe.cpu,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
+    minutes: Annotated[Optional[float], typer.Option(help="Wall-time budget in minutes, resumes included; the schedule ends with whichever of --steps and --minutes ends first.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Patches per step (recipe default).")] = None,
+    patch: Annotated[Optional[int], typer.Option(min=8, help="Low-resolution patch side (recipe default).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (recipe default).")] = None,
+    loss: Annotated[Loss, typer.Option(help="l1, or the paper's hybrid loss.")] = Loss.l1,
+    ema: Annotated[float, typer.Option(min=0, max=0.99999, help="Validate and write an exponential moving average of the weights with this decay (0.999: about the last 1,000 steps); 0: off. The log also scores the weights without it.")] = 0.0,
+    vgg: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Local VGG-19 weights for the content loss.")] = None,
+    val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="HR folder scored with the SR protocol.")] = None,
+    holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out (the last N by name): validated on, unless --val-pairs.")] = 3,
+    val_pairs: Annotated[int, typer.Option(min=0, help="Pairs per folder, before the held-out ones, kept out of training to validate and choose the best file on, so the held-out pairs stay unseen by every choice (0: validate on the held-out pairs).")] = 0,
+    pair_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of each batch from real pairs.")] = 0.5,
+    clean_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
+    val_every: Annotated[int, typer.Option(min=1)] = 250,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints and log (default: runs/<out name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: all).")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(min=0, help="Processes making batches in the background (a GPU needs several); 0: none, and a resume on a CPU without --minutes is bit-exact.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """Train or fine-tune a model: a house look from your own before/after pairs.
+
+    Example: srpie train --pairs pairs/ --init srpie-x2 --look-only --steps 1000 --out house.pt
+    """
+    from srpie_cli.train import TrainConfig
+    from srpie_cli.train import train as run_train
+
+    rec = TrainConfig.recipe(recipe.value)
+    for name, value in (("batch_size", batch_size), ("patch", patch), ("lr", lr)):
+        if value is not None:
+            rec[name] = value
+    cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
+                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, look_only=look_only, look_from=look_from, steps=steps,
+                      minutes=minutes, loss=loss.value, ema=ema, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
+                      pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
+                      device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
+    try:
+        if err.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.1e}"), TimeRemainingColumn())
+            with Progress(*columns, console=err) as bar:
+                # with a time budget the step count is not known ahead: the bar shows progress only
+                task = bar.add_task("train", total=None if cfg.minutes else cfg.steps, loss=0.0, lr=cfg.lr)
+                summary = run_train(cfg, log=lambda m: bar.console.print(m, highlight=False),
+                                    on_step=lambda step, loss, lr: bar.update(task, completed=step, loss=loss, lr=lr))
+        else:  # cron / nohup: one line every 20 steps
+            summary = run_train(cfg, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    except SrpieError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    out.print(json.dumps(summary["scores"], indent=1))

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from srpie_cli import SrpieError
+from srpie_cli import SrpieError, images
 from srpie_cli.degrade import downscale, make_lr
+from srpie_cli.images import to_float
 from srpie_cli.model import context_thumbnail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -33,13 +34,9 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """8-bit RGB as uint8 H x W x 3 (training reads plain image files only)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def to_float(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32) / 255.0
+    """8-bit RGB, H x W x 3, upright: read by ``images.read_photo``, the reader ``srpie
+    enhance`` uses, so a camera JPEG tagged sideways meets its upright export aligned."""
+    return images.to8(images.read_photo(path).pixels)
 
 
 def shrink(img: np.ndarray, max_side: int) -> np.ndarray:
@@ -82,7 +79,7 @@ class PhotoSet:
         self.thumbs = [thumbnail(to_float(a)) for a in self.images]
 
     @classmethod
-    def from_folders(cls, folders: list[Path], max_side: int = 1600, min_side: int = 64) -> "PhotoSet":
+    def from_folders(cls, folders: list[Path], max_side: int = 1600, min_side: int = 64) -> PhotoSet:
         images, names = [], []
         for folder in folders:
             for p in list_images(folder):
@@ -161,7 +158,7 @@ class PairSet:
         self.thumbs = [thumbnail(lr) for lr, _ in self.pairs]
 
     @classmethod
-    def from_folders(cls, folders: list[Path], scale: int, holdout: int = 0) -> tuple["PairSet", "PairSet"]:
+    def from_folders(cls, folders: list[Path], scale: int, holdout: int = 0) -> tuple[PairSet, PairSet]:
         """Training and held-out sets; the last ``holdout`` pairs of each folder (in sorted
         order) are held out."""
         pairs, names, groups = [], [], []
@@ -178,7 +175,7 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def split(self, last: int) -> tuple["PairSet", "PairSet"]:
+    def split(self, last: int) -> tuple[PairSet, PairSet]:
         """(all but the last ``last`` pairs of each folder, those last ones), order kept."""
         head, tail = ([], [], []), ([], [], [])
         for g in sorted(set(self.groups)):

@@ -16,9 +16,10 @@ that hold it (PNG, TIFF, WebP); asking for JPEG from a photo with alpha is refus
 
 from __future__ import annotations
 
+import errno
 import functools
+import io
 import os
-import re
 import struct
 import tempfile
 import warnings
@@ -28,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import piexif
 from PIL import Image, ImageCms, PngImagePlugin
 
-from srpie_cli import SrpieError, __version__
+from srpie_cli import SrpieError, defaults, first_line, metadata
 
 # Formats by file extension (lower case). RAW: everything LibRaw reads that cameras write.
 SUFFIXES: dict[str, str] = {
@@ -44,15 +44,9 @@ SUFFIXES: dict[str, str] = {
                      ".x3f", ".rwl", ".dcr", ".kdc"), "raw"),
 }
 OUT_SUFFIX = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "webp": ".webp"}
-DEFAULT_MAX_MEGAPIXELS = 150.0  # input size; a 150 MP medium-format frame passes, bombs do not
-DEFAULT_QUALITY = 95
+DEFAULT_MAX_MEGAPIXELS = defaults.MAX_MEGAPIXELS
+DEFAULT_QUALITY = defaults.QUALITY
 TMP_MARK = ".srpie-tmp"  # temporary output files: ".<name>.srpie-tmp<random>"
-
-# IFD0 tags that describe the old file's layout, not the photo: never carried over.
-_LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325,
-                330, 338, 339, 513, 514, 700, 33421, 33422, 33723, 34377, 34665, 34853, 34675}
-_ORIENT, _SOFTWARE = 274, 305
-_PIXEL_X, _PIXEL_Y = 40962, 40963
 
 
 def format_of(path: Path) -> str | None:
@@ -145,154 +139,6 @@ def _check_size(path: Path, w: int, h: int, max_megapixels: float) -> None:
 
 # ----------------------------------------------------------------------------- metadata
 
-def _parse_exif(raw: bytes | None, notes: list[str]) -> dict | None:
-    if not raw:
-        return None
-    try:
-        d = piexif.load(raw if raw[:4] == b"Exif" or raw[:2] in (b"II", b"MM") else b"Exif\0\0" + raw)
-    except (ValueError, KeyError, IndexError, TypeError, struct.error, piexif.InvalidImageDataError) as e:
-        notes.append(f"EXIF unreadable, not carried over ({type(e).__name__})")
-        return None
-    return d
-
-
-def _orientation(exif: dict | None) -> int:
-    v = (exif or {}).get("0th", {}).get(_ORIENT, 1)
-    if isinstance(v, (tuple, list)):
-        v = v[0] if v else 1
-    return v if isinstance(v, int) and 1 <= v <= 8 else 1
-
-
-def _rgb_icc(icc: bytes | None, notes: list[str]) -> bytes | None:
-    """Keep an ICC profile only when it describes RGB data (a grey or CMYK profile would
-    mislabel the RGB output)."""
-    if not icc:
-        return None
-    if len(icc) < 20 or icc[16:20] != b"RGB ":
-        notes.append(f"ICC profile for {icc[16:20].decode('latin-1').strip() or 'unknown'} data dropped "
-                     "(the output is RGB)")
-        return None
-    return icc
-
-
-def clean_exif(exif: dict | None, width: int, height: int, notes: list[str] | None = None) -> dict:
-    """The EXIF to write with an output of ``width`` x ``height``: layout tags and the stale
-    thumbnail dropped, orientation 1, pixel dimensions and Software updated; tags piexif
-    cannot write (unknown or malformed) left out, and counted in ``notes``. An input without
-    EXIF gets those four tags alone, so every output names srpie and its size."""
-    exif = exif or {}
-    out: dict = {"0th": {}, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
-    dropped = 0
-    for ifd in ("0th", "Exif", "GPS", "Interop"):
-        kind = "Image" if ifd == "0th" else ifd
-        for tag, value in (exif.get(ifd) or {}).items():
-            if not isinstance(tag, int) or tag not in piexif.TAGS[kind]:
-                dropped += 1
-                continue
-            if ifd == "0th" and (tag in _LAYOUT_TAGS or 50000 <= tag < 53000):  # 50xxx-52xxx: DNG private
-                continue
-            if ifd == "Exif" and tag == piexif.ExifIFD.InteroperabilityTag:
-                continue
-            try:
-                piexif.dump({ifd: {tag: value}})
-            except (ValueError, TypeError, struct.error, KeyError):
-                dropped += 1
-                continue
-            out[ifd][tag] = value
-    out["0th"][_ORIENT] = 1
-    out["0th"][_SOFTWARE] = f"srpie {__version__}".encode()
-    out["Exif"][_PIXEL_X] = int(width)
-    out["Exif"][_PIXEL_Y] = int(height)
-    if dropped and notes is not None:
-        notes.append(f"{dropped} unknown or malformed EXIF tags not carried over")
-    return out
-
-
-_XMP_FIX = [
-    (re.compile(rb'(tiff:Orientation\s*=\s*")\d+(")'), rb"\g<1>1\g<2>"),
-    (re.compile(rb"(<tiff:Orientation>)\s*\d+\s*(</tiff:Orientation>)"), rb"\g<1>1\g<2>"),
-]
-
-
-def clean_xmp(xmp: bytes | None, width: int, height: int) -> bytes | None:
-    """XMP with its orientation reset to 1 and its pixel dimensions updated."""
-    if not xmp:
-        return None
-    for rx, rep in _XMP_FIX:
-        xmp = rx.sub(rep, xmp)
-    for name, value in ((b"exif:PixelXDimension", width), (b"exif:PixelYDimension", height),
-                        (b"tiff:ImageWidth", width), (b"tiff:ImageLength", height)):
-        v = str(value).encode()
-        xmp = re.sub(rb"(" + name + rb'\s*=\s*")\d+(")', rb"\g<1>" + v + rb"\g<2>", xmp)
-        xmp = re.sub(rb"(<" + name + rb">)\s*\d+\s*(</" + name + rb">)", rb"\g<1>" + v + rb"\g<2>", xmp)
-    return xmp
-
-
-_PS_HEADER = b"Photoshop 3.0\0"  # opens a JPEG APP13 segment of Photoshop image resources
-_IRB_THUMBNAILS = {0x0409, 0x040C}  # resources holding a thumbnail of the old pixels
-_IRB_IPTC = 0x0404
-
-
-def clean_irb(irb: bytes | None, notes: list[str]) -> bytes | None:
-    """Photoshop image resources (the "8BIM" blocks that hold IPTC captions, credit and
-    keywords) without the embedded thumbnail, which would show the old photo."""
-    if not irb:
-        return None
-    kept, at = [], 0
-    while at < len(irb):
-        if irb[at:at + 4] != b"8BIM" or at + 8 > len(irb):
-            notes.append("Photoshop/IPTC block unreadable, not carried over")
-            return None
-        rid = int.from_bytes(irb[at + 4:at + 6], "big")
-        name_end = at + 6 + ((irb[at + 6] + 2) & ~1)  # Pascal name padded to an even length
-        size = int.from_bytes(irb[name_end:name_end + 4], "big")
-        end = name_end + 4 + size + (size & 1)  # data padded to an even length
-        if name_end + 4 + size > len(irb):
-            notes.append("Photoshop/IPTC block truncated, not carried over")
-            return None
-        if rid not in _IRB_THUMBNAILS:
-            kept.append(irb[at:end].ljust(end - at, b"\0"))
-        at = end
-    return b"".join(kept) or None
-
-
-def _iptc_as_irb(iptc: bytes | None) -> bytes | None:
-    """A bare IPTC-NAA record (TIFF tag 33723) as one image resource."""
-    if not iptc:
-        return None
-    return b"8BIM" + struct.pack(">HHI", _IRB_IPTC, 0, len(iptc)) + iptc + b"\0" * (len(iptc) & 1)
-
-
-def _irb_iptc(irb: bytes) -> bytes | None:
-    """The IPTC-NAA record inside image resources (for TIFF tag 33723)."""
-    at = 0
-    while at + 12 <= len(irb):
-        rid = int.from_bytes(irb[at + 4:at + 6], "big")
-        name_end = at + 6 + ((irb[at + 6] + 2) & ~1)
-        size = int.from_bytes(irb[name_end:name_end + 4], "big")
-        if rid == _IRB_IPTC:
-            return irb[name_end + 4:name_end + 4 + size]
-        at = name_end + 4 + size + (size & 1)
-    return None
-
-
-def _tag_bytes(tags, code: int, byteorder: str) -> bytes | None:
-    """A TIFF tag's raw value bytes: BYTE/UNDEFINED, or LONG as Photoshop types 33723."""
-    if code not in tags:
-        return None
-    tag = tags[code]
-    if isinstance(tag.value, bytes):
-        return tag.value
-    if tag.dtype == 4 and isinstance(tag.value, tuple):
-        return struct.pack(f"{byteorder}{len(tag.value)}I", *tag.value)
-    return None
-
-
-def _xmp_bytes(x) -> bytes | None:
-    if not x:
-        return None
-    return x.encode("utf-8") if isinstance(x, str) else bytes(x)
-
 
 # ----------------------------------------------------------------------------- reading
 
@@ -314,9 +160,9 @@ def read_photo(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     except MemoryError:
         raise SrpieError(f"{path}: not enough memory to decode it") from None
     except OSError as e:  # unreadable, vanished, a folder named .jpg, an I/O error
-        raise SrpieError(f"{path}: cannot read ({e.strerror or _short(e)})") from None
-    except Exception as e:  # noqa: BLE001 - decoders raise anything on malformed data (KeyError, TypeError...)
-        raise SrpieError(f"{path}: corrupt or unreadable ({type(e).__name__}: {_short(e)})") from None
+        raise SrpieError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
+    except Exception as e:
+        raise SrpieError(f"{path}: corrupt or unreadable ({type(e).__name__}: {first_line(e)})") from None
 
 
 def _read_pillow(path: Path, max_megapixels: float) -> Photo:
@@ -329,14 +175,14 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
                 fmt = (im.format or "").lower()
                 im.load()  # before reading info: a PNG's eXIf chunk may follow its pixels
                 info = dict(im.info)
-                exif = _parse_exif(info.get("exif"), notes)
+                exif = metadata.parse_exif(info.get("exif"), notes)
                 icc = info.get("icc_profile")
-                xmp = _xmp_bytes(info.get("xmp") or info.get("XML:com.adobe.xmp"))
-                irb = b"".join(d[len(_PS_HEADER):] for m, d in getattr(im, "applist", [])
-                               if m == "APP13" and d.startswith(_PS_HEADER))
-                o = _orientation(exif)
+                xmp = metadata.xmp_bytes(info.get("xmp") or info.get("XML:com.adobe.xmp"))
+                irb = b"".join(d[len(metadata.PS_HEADER):] for m, d in getattr(im, "applist", [])
+                               if m == "APP13" and d.startswith(metadata.PS_HEADER))
+                o = metadata.orientation_of(exif)
                 if fmt == "tiff":  # recent Pillow turns a TIFF upright as it loads and drops the tag
-                    o = im.getexif().get(_ORIENT, 1)
+                    o = im.getexif().get(metadata.ORIENTATION_TAG, 1)
                 rgb, alpha, icc = _to_rgb(im, icc, notes)
     except Image.DecompressionBombError:
         raise SrpieError(f"{path}: refused: too many pixels (a decompression bomb)") from None
@@ -345,11 +191,11 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
     except Image.UnidentifiedImageError:
         raise SrpieError(f"{path}: not an image Pillow can read (wrong extension or corrupt)") from None
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
-        raise SrpieError(f"{path}: corrupt or truncated ({_short(e)})") from None
+        raise SrpieError(f"{path}: corrupt or truncated ({first_line(e)})") from None
     if fmt == "png" and rgb.dtype == np.uint8 and _png_bit_depth(path) == 16:
         rgb, alpha = _png16(path, rgb, alpha, notes)
     return Photo(orient(rgb, o), orient(alpha, o) if alpha is not None else None, exif,
-                 _rgb_icc(icc, notes), xmp, fmt or "image", clean_irb(irb, notes), notes)
+                 metadata.rgb_icc(icc, notes), xmp, fmt or "image", metadata.clean_irb(irb, notes), notes)
 
 
 def _png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -359,8 +205,8 @@ def _png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, notes: list[st
         import imagecodecs
 
         a = imagecodecs.png_decode(path.read_bytes())
-    except Exception as e:  # noqa: BLE001 - any failure here falls back to Pillow's pixels
-        notes.append(f"16-bit RGB PNG read at 8 bits ({_short(e)})")
+    except Exception as e:
+        notes.append(f"16-bit RGB PNG read at 8 bits ({first_line(e)})")
         return rgb, alpha
     if a.dtype != np.uint16 or a.ndim != 3 or a.shape[:2] != rgb.shape[:2] or a.shape[2] not in (3, 4):
         notes.append("16-bit RGB PNG read at 8 bits")
@@ -419,8 +265,8 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
             _check_size(path, w, h, max_megapixels)
             tags = page.tags
             icc = tags[34675].value if 34675 in tags else None
-            xmp = _xmp_bytes(tags[700].value) if 700 in tags else None
-            irb = _tag_bytes(tags, 34377, tf.byteorder) or _iptc_as_irb(_tag_bytes(tags, 33723, tf.byteorder))
+            xmp = metadata.xmp_bytes(tags[700].value) if 700 in tags else None
+            irb = metadata.tag_bytes(tags, 34377, tf.byteorder) or metadata.iptc_as_irb(metadata.tag_bytes(tags, 33723, tf.byteorder))
             photometric = int(page.photometric)
             extrasamples = tuple(page.extrasamples) if page.extrasamples is not None else ()
             a = page.asarray()
@@ -431,11 +277,11 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
         try:
             photo = _read_pillow(path, max_megapixels)
         except SrpieError:
-            raise SrpieError(f"{path}: corrupt or unsupported TIFF ({_short(e)})") from None
+            raise SrpieError(f"{path}: corrupt or unsupported TIFF ({first_line(e)})") from None
         if bits > photo.bits:  # Pillow holds no RGB deeper than 8 bits: say so, never silently
-            photo.notes.append(f"{bits}-bit TIFF read at {photo.bits} bits ({_short(e)})")
+            photo.notes.append(f"{bits}-bit TIFF read at {photo.bits} bits ({first_line(e)})")
         if photo.exif is None:  # Pillow keeps a TIFF's EXIF out of im.info (it did orient the pixels)
-            photo.exif = _tiff_exif(path, photo.notes)
+            photo.exif = metadata.tiff_exif(path, photo.notes)
         return photo
     if a.dtype not in (np.uint8, np.uint16):
         raise SrpieError(f"{path}: unsupported TIFF sample type {a.dtype} (8 or 16-bit integers only)")
@@ -454,20 +300,11 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
             alpha = a[..., 3]
     else:
         raise SrpieError(f"{path}: unsupported TIFF layout (photometric {photometric}, shape {shape})")
-    exif = _tiff_exif(path, notes)
-    o = _orientation(exif)
+    exif = metadata.tiff_exif(path, notes)
+    o = metadata.orientation_of(exif)
     rgb = orient(np.ascontiguousarray(rgb), o)
     alpha = orient(np.ascontiguousarray(alpha), o) if alpha is not None else None
-    return Photo(rgb, alpha, exif, _rgb_icc(icc, notes), xmp, "tiff", clean_irb(irb, notes), notes)
-
-
-def _tiff_exif(path: Path, notes: list[str]) -> dict | None:
-    """IFD0 (with its Exif and GPS IFDs) of a TIFF file, as a piexif dict."""
-    try:
-        return _parse_exif(path.read_bytes(), notes)
-    except OSError as e:
-        notes.append(f"EXIF unreadable ({_short(e)})")
-        return None
+    return Photo(rgb, alpha, exif, metadata.rgb_icc(icc, notes), xmp, "tiff", metadata.clean_irb(irb, notes), notes)
 
 
 def _read_raw(path: Path, max_megapixels: float) -> Photo:
@@ -486,8 +323,8 @@ def _read_raw(path: Path, max_megapixels: float) -> Photo:
     except SrpieError:
         raise
     except (rawpy.LibRawError, OSError, ValueError) as e:
-        raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({_short(e)})") from None
-    exif, xmp = raw_metadata(path, notes)
+        raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({first_line(e)})") from None
+    exif, xmp = metadata.raw_metadata(path, notes)
     return Photo(np.ascontiguousarray(rgb), None, exif, srgb_profile(), xmp, "raw", notes=notes)
 
 
@@ -498,69 +335,6 @@ def srgb_profile() -> bytes:
     icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
     icc[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)
     return bytes(icc)
-
-
-def raw_metadata(path: Path, notes: list[str]) -> tuple[dict | None, bytes | None]:
-    """EXIF (and XMP) from a RAW container: TIFF-based ones (DNG, CR2, NEF, ARW, PEF, SRW,
-    ORF, RW2...), CR3 (its CMT boxes) and RAF (its embedded JPEG)."""
-    data = path.read_bytes()
-    head = data[:16]
-    try:
-        if head[:4] in (b"II*\0", b"MM\0*") or head[:4] in (b"IIRO", b"IIRS", b"MMOR", b"IIU\0"):
-            if head[:4] in (b"IIRO", b"IIRS", b"IIU\0"):
-                data = b"II*\0" + data[4:]
-            elif head[:4] == b"MMOR":
-                data = b"MM\0*" + data[4:]
-            exif = _parse_exif(data, notes)
-            xmp = _tiff_xmp(data)
-            return exif, xmp
-        if head[4:12] == b"ftypcrx ":
-            return _cr3_exif(data, notes), None
-        if head[:16] == b"FUJIFILMCCD-RAW ":
-            off, length = struct.unpack(">II", data[84:92])  # the embedded JPEG
-            jpeg = data[off:off + length]
-            at = jpeg.find(b"Exif\0\0")
-            if jpeg[:2] != b"\xff\xd8" or at < 4:
-                raise ValueError("no EXIF in the embedded JPEG")
-            seg = struct.unpack(">H", jpeg[at - 2:at])[0]  # APP1 length, counting its own 2 bytes
-            return _parse_exif(jpeg[at:at - 2 + seg], notes), None
-    except (struct.error, ValueError, IndexError) as e:
-        notes.append(f"EXIF of the RAW container unreadable ({_short(e)})")
-        return None, None
-    notes.append("EXIF not read from this RAW container type")
-    return None, None
-
-
-def _tiff_xmp(data: bytes) -> bytes | None:
-    start = data.find(b"<x:xmpmeta")
-    if start < 0:
-        return None
-    end = data.find(b"</x:xmpmeta>", start)
-    return data[start:end + len(b"</x:xmpmeta>")] if end > 0 else None
-
-
-def _cr3_exif(data: bytes, notes: list[str]) -> dict | None:
-    """CR3 keeps IFD0 in box CMT1, the Exif IFD in CMT2 and GPS in CMT4, each a small TIFF."""
-    from piexif._load import _ExifReader
-
-    out = {"0th": {}, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
-    for box, ifd in ((b"CMT1", "0th"), (b"CMT2", "Exif"), (b"CMT4", "GPS")):
-        at = data.find(box)
-        if at < 4:
-            continue
-        size = struct.unpack(">I", data[at - 4:at])[0]
-        tiff = data[at + 4:at - 4 + size]
-        r = _ExifReader(tiff)
-        r.endian_mark = "<" if tiff[:2] == b"II" else ">"
-        d = r.get_ifd_dict(struct.unpack(r.endian_mark + "L", tiff[4:8])[0], ifd)
-        d.pop("first_ifd_pointer", None)
-        out[ifd] = d
-    return out if any(out[k] for k in ("0th", "Exif", "GPS")) else None
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:160]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -575,37 +349,90 @@ def output_format(source: str, requested: str | None) -> str:
 def write_photo(path: str | os.PathLike, photo: Photo, fmt: str, quality: int = DEFAULT_QUALITY) -> list[str]:
     """Write ``photo`` atomically as ``fmt``; returns notes about metadata not carried over.
     JPEG and WebP are 8-bit (16-bit data is rounded to 8, with a note); PNG is 8-bit RGB;
-    TIFF keeps the photo's bit depth. OSError (a full disk) propagates as it is; anything
-    else the encoders raise on odd metadata becomes an SrpieError naming the file."""
+    TIFF keeps the photo's bit depth. What was written is checked before it is renamed into
+    place (a full disk can cut a file short without an error). OSError (a full disk)
+    propagates as it is; anything else the encoders raise on odd metadata becomes an
+    SrpieError naming the file."""
     path = Path(path)
     notes: list[str] = []
+    atomic_write(path, lambda f: _encode(f, path, photo, fmt, quality, notes), verify=lambda f: verify(f, fmt))
+    return notes
+
+
+def check_writable(path: str | os.PathLike, photo: Photo, fmt: str, quality: int = DEFAULT_QUALITY) -> None:
+    """Encode an 8 x 8 stand-in of ``photo`` with all its metadata, in memory: whatever would
+    make the real write fail (a format that cannot hold alpha, metadata an encoder refuses)
+    fails here, before the network has run. Raises SrpieError with the reason."""
+    small = Photo(np.ascontiguousarray(photo.pixels[:8, :8]),
+                  None if photo.alpha is None else np.ascontiguousarray(photo.alpha[:8, :8]),
+                  photo.exif, photo.icc, photo.xmp, photo.source_format, photo.iptc)
+    _encode(io.BytesIO(), Path(path), small, fmt, quality, [])
+
+
+def _encode(f, path: Path, photo: Photo, fmt: str, quality: int, notes: list[str]) -> None:
     w, h = photo.size
     if fmt == "jpeg" and photo.alpha is not None:
         raise SrpieError(f"{path.name}: has an alpha channel, which JPEG cannot hold: use --format png or tiff")
     if photo.iptc and fmt not in ("jpeg", "tiff"):
         notes.append(f"IPTC not carried over ({fmt.upper()} cannot hold it)")
-    exif = clean_exif(photo.exif, w, h, notes)
-    xmp = clean_xmp(photo.xmp, w, h)
+    exif = metadata.clean_exif(photo.exif, w, h, notes)
+    xmp = metadata.clean_xmp(photo.xmp, w, h)
     writer = {"jpeg": _write_pillow, "png": _write_pillow, "webp": _write_pillow, "tiff": _write_tiff}[fmt]
     try:
-        atomic_write(path, lambda f: writer(f, photo, fmt, quality, exif, xmp, notes))
+        writer(f, photo, fmt, quality, exif, xmp, notes)
     except (OSError, MemoryError):
         raise
-    except Exception as e:  # noqa: BLE001 - metadata from the input can trip the encoders
-        raise SrpieError(f"{path.name}: cannot encode ({type(e).__name__}: {_short(e)})") from None
-    return notes
+    except Exception as e:
+        raise SrpieError(f"{path.name}: cannot encode ({type(e).__name__}: {first_line(e)})") from None
 
 
-def atomic_write(path: Path, fill: Callable, opener=None) -> None:
-    """Call ``fill(file)`` on a temporary file beside ``path``, fsync, then rename it into
-    place. Any failure (a full disk, an interrupt) removes the temporary file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_MARK, dir=path.parent)
+def verify(f, fmt: str) -> None:
+    """Check that the file ``f`` holds a whole ``fmt`` file: its size on disk is what was
+    written and it ends where the format says it ends. OSError (ENOSPC-like) when not."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(16)
+    f.seek(max(size - 12, 0))
+    tail = f.read(12)
+    if fmt == "jpeg":
+        whole = head[:2] == b"\xff\xd8" and tail.endswith(b"\xff\xd9")
+    elif fmt == "png":
+        whole = head[:8] == b"\x89PNG\r\n\x1a\n" and tail[-8:] == b"IEND\xaeB`\x82"
+    elif fmt == "webp":
+        whole = head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 == size
+    else:
+        whole = _tiff_whole(f, size)
+    if not whole:
+        raise OSError(errno.EIO, f"the written {fmt.upper()} file is incomplete ({size} bytes): "
+                      "the disk may be full")
+
+
+def _tiff_whole(f, size: int) -> bool:
+    import tifffile
+
+    f.seek(0)
+    try:
+        with tifffile.TiffFile(f) as tf:
+            page = tf.pages.first
+            return all(o + n <= size for o, n in zip(page.dataoffsets, page.databytecounts))
+    except Exception:
+        return False
+
+
+def atomic_write(path: Path, fill: Callable, verify: Callable | None = None) -> None:
+    """Call ``fill(file)`` on a temporary file beside ``path``, fsync, ``verify(file)`` when
+    given, then rename it into place. Any failure (a full disk, an interrupt, a file found
+    incomplete) removes the temporary file. The temporary name is short, so a photo whose
+    name is at the file system's limit can still be written."""
+    fd, tmp = tempfile.mkstemp(prefix=".srpie-", suffix=TMP_MARK, dir=path.parent)
     try:
         os.close(fd)
         with open(tmp, "w+b") as f:  # by name: tifffile wants a named file
             fill(f)
             f.flush()
             os.fsync(f.fileno())
+            if verify is not None:
+                verify(f)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -619,16 +446,17 @@ def _umask() -> int:
     return m
 
 
-def _to8(a: np.ndarray) -> np.ndarray:
+def to8(a: np.ndarray) -> np.ndarray:
+    """uint8 or uint16 pixels as uint8 (16-bit rounded to nearest)."""
     if a.dtype == np.uint8:
         return a
     return np.rint(a / np.float32(257.0)).astype(np.uint8)  # 65535 / 255 = 257 exactly
 
 
 def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes | None, notes: list[str]) -> None:
-    rgb = _to8(photo.pixels)
+    rgb = to8(photo.pixels)
     if photo.alpha is not None:
-        im = Image.fromarray(np.dstack([rgb, _to8(photo.alpha)]), "RGBA")
+        im = Image.fromarray(np.dstack([rgb, to8(photo.alpha)]), "RGBA")
     else:
         im = Image.fromarray(rgb, "RGB")
     if photo.bits == 16:
@@ -649,31 +477,16 @@ def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: byte
             kw["pnginfo"] = info
         else:
             kw["xmp"] = xmp
-    exif_bytes = _dump_exif(exif, notes, limit=65000 if fmt == "jpeg" else None)
+    exif_bytes = metadata.dump_exif(exif, notes, limit=65000 if fmt == "jpeg" else None)
     if exif_bytes:
         kw["exif"] = exif_bytes
     if fmt == "jpeg" and photo.iptc:
-        app13 = _PS_HEADER + photo.iptc
+        app13 = metadata.PS_HEADER + photo.iptc
         if len(app13) <= 65533:  # one segment; its length field counts itself
             kw["extra"] = b"\xff\xed" + struct.pack(">H", 2 + len(app13)) + app13
         else:
             notes.append("IPTC dropped (larger than a JPEG segment holds)")
     im.save(f, format=fmt.upper(), **kw)
-
-
-def _dump_exif(exif: dict | None, notes: list[str], limit: int | None = None) -> bytes | None:
-    """piexif bytes; a MakerNote too large for a JPEG APP1 segment is dropped first."""
-    if not exif:
-        return None
-    b = piexif.dump(exif)
-    if limit and len(b) > limit and piexif.ExifIFD.MakerNote in exif["Exif"]:
-        exif = {**exif, "Exif": {k: v for k, v in exif["Exif"].items() if k != piexif.ExifIFD.MakerNote}}
-        b = piexif.dump(exif)
-        notes.append("MakerNote dropped (EXIF larger than a JPEG segment holds)")
-    if limit and len(b) > limit:
-        notes.append("EXIF dropped (larger than a JPEG segment holds)")
-        return None
-    return b
 
 
 def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes | None, notes: list[str]) -> None:
@@ -682,83 +495,26 @@ def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes 
     import tifffile
 
     data = photo.pixels if photo.alpha is None else np.dstack([photo.pixels, photo.alpha])
-    ifd0 = dict(exif["0th"])
-    software = ifd0.pop(_SOFTWARE).decode("latin-1")
-    description = ifd0.pop(270, None)
-    dt = ifd0.pop(306, None)
-    extratags = []
-    for tag, value in sorted(ifd0.items()):
-        if tag in (282, 283, 296):  # resolution: passed to tifffile below
-            continue
-        t = piexif.TAGS["Image"][tag]["type"]
-        extratags.append(_tifftag(tag, t, value))
+    fields = metadata.tiff_fields(exif, notes)
+    extratags = fields.pop("extratags")
     if photo.icc:
         extratags.append((34675, 7, len(photo.icc), photo.icc, True))
     if xmp:
         extratags.append((700, 1, len(xmp), xmp, True))
     if photo.iptc:
         extratags.append((34377, 7, len(photo.iptc), photo.iptc, True))
-        if iptc := _irb_iptc(photo.iptc):
+        if iptc := metadata.irb_iptc(photo.iptc):
             extratags.append((33723, 7, len(iptc), iptc, True))
     sub = {k: exif[k] for k in ("Exif", "GPS") if exif[k]}
     for name in sub:
-        extratags.append((_PLACEHOLDER[name], 4, 1, 0, True))  # patched below
-    res = ifd0.get(282)
-    resolution = None
-    if res and ifd0.get(283) and isinstance(res, tuple) and res[1]:
-        resolution = (res, ifd0[283])
+        extratags.append((metadata.PLACEHOLDER[name], 4, 1, 0, True))  # patched below
     start = f.tell()
     tifffile.imwrite(
         f, data, photometric="rgb", planarconfig="contig", byteorder=">", compression="zlib",
         predictor=True, extrasamples=("unassalpha",) if photo.alpha is not None else None,
-        software=software, description=description.decode("utf-8", "replace") if isinstance(description, bytes) else None,
-        datetime=dt.decode("latin-1") if isinstance(dt, bytes) else None, metadata=None,
-        resolution=resolution, resolutionunit=ifd0.get(296), extratags=extratags,
+        metadata=None, extratags=extratags, **fields,
     )
     if sub:
-        _append_ifds(f, start, sub)
+        metadata.append_ifds(f, start, sub)
 
 
-def _tifftag(tag: int, t: int, value) -> tuple:
-    if t == 2:  # ASCII
-        v = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        return (tag, "s", 0, v, True)
-    if t == 7:
-        v = value if isinstance(value, bytes) else bytes(value)
-        return (tag, 7, len(v), v, True)
-    vals = value if isinstance(value, tuple) else (value,)
-    if t in (5, 10):
-        flat = tuple(x for pair in (vals if isinstance(vals[0], tuple) else (vals,)) for x in pair)
-        return (tag, t, len(flat) // 2, flat, True)
-    return (tag, t, len(vals), vals, True)
-
-
-# tifffile refuses to write the Exif and GPS pointer tags: it writes these unused neighbours,
-# which sort the same, and _append_ifds renames them once the IFDs exist.
-_PLACEHOLDER = {"Exif": 34664, "GPS": 34854}
-_POINTER = {"Exif": 34665, "GPS": 34853}
-
-
-def _append_ifds(f, start: int, sub: dict[str, dict]) -> None:
-    """Append Exif/GPS IFDs (piexif's encoder, big-endian) at the end of the TIFF in ``f``
-    and turn IFD0's placeholders into 34665/34853 pointers to them."""
-    from piexif._dump import _dict_to_bytes
-    import tifffile
-
-    f.seek(start)
-    with tifffile.TiffFile(f) as tf:
-        tags = tf.pages.first.tags
-        where = {name: tags[code].valueoffset for name, code in _PLACEHOLDER.items() if code in tags}
-    f.seek(0, os.SEEK_END)
-    for name in ("Exif", "GPS"):
-        if name not in sub:
-            continue
-        if f.tell() % 2:
-            f.write(b"\0")
-        at = f.tell() - start
-        entries, values = _dict_to_bytes(sub[name], name, at - 8 + 4)  # piexif adds 8; +4: next-IFD pointer
-        f.write(entries + b"\0\0\0\0" + values)
-        end = f.tell()
-        f.seek(start + where[name] - 8)  # the 12-byte entry: tag, type, count, value
-        f.write(struct.pack(">HHII", _POINTER[name], 4, 1, at))
-        f.seek(end)

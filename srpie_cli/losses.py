@@ -113,7 +113,7 @@ class VGGContent(nn.Module):
         self.features = nn.Sequential(*layers)
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
+        except Exception as e:
             raise SrpieError(f"{weights_path}: cannot read VGG-19 weights ({e})") from None
         own = {k: v for k, v in state.items() if k.startswith("features.") and k in self.state_dict()}
         if len(own) != len(self.state_dict()):
@@ -137,7 +137,7 @@ class LossWeights:
     content: float = 0.0
 
     @classmethod
-    def preset(cls, name: str) -> "LossWeights":
+    def preset(cls, name: str) -> LossWeights:
         """``l1``: PSNR-oriented SR. ``hybrid``: the paper's five terms, rescaled so L1 leads
         and MS-SSIM and colour shape tone and colour (content only with a VGG file)."""
         if name == "l1":

@@ -76,6 +76,18 @@ class SRPIEConfig:
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
+    def __post_init__(self):
+        """A config that cannot build a network is refused here, with the field named."""
+        checks = {
+            "scale": self.scale >= 1, "width": self.width >= 1, "t": self.t >= 0,
+            "pe_widths": len(self.pe_widths) == 3 and all(isinstance(w, int) and w >= 1 for w in self.pe_widths),
+            "du_width": self.du_width >= 1, "look_width": self.look_width >= 0,
+            "gf_radius": self.gf_radius >= 1, "gf_eps": self.gf_eps > 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid config values: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pe_widths"] = list(self.pe_widths)
@@ -84,7 +96,7 @@ class SRPIEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SRPIEConfig":
+    def from_dict(cls, d: dict) -> SRPIEConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -96,10 +108,16 @@ class SRPIEConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the paper: t = 3 (four MSBs), width 64
-    "paper": dict(width=64, t=3),
-    # for CPU studios: half width, three MSBs, lighter PENet and DUNet
-    "fast": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24),
+    # the paper's two sizes, for training from scratch (srpie train --preset)
+    "paper": dict(width=64, t=3),  # t = 3 (four MSBs), width 64
+    "fast": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24),  # for CPU studios
+    # the architectures that ship (defaults.SHIPPED; tests check each file against its preset)
+    "srpie-x2-sr": dict(width=64, t=3, du_features=True),
+    "srpie-x2": dict(width=64, t=3, du_features=True, global_context=True, own_look_input=True,
+                     look_width=32, pe_widths=(8, 16, 16)),
+    "srpie-x2-fast-sr": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24, du_features=True),
+    "srpie-x2-fast": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24, du_features=True,
+                          global_context=True, own_look_input=True),
 }
 
 

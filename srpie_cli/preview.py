@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from srpie_cli import SrpieError
-from srpie_cli import images
-from srpie_cli.batch import PREVIEW_SUFFIX, Settings, enhance_photo, load_for_inference
+from srpie_cli import SrpieError, images
+from srpie_cli.batch import PREVIEW_SUFFIX
+from srpie_cli.inference import Settings, load
 
 GAP = 8  # pixels between panels
 LABEL_H = 18  # caption band above each panel
@@ -19,12 +19,11 @@ BG = (32, 32, 32)
 
 def bicubic2x(photo: images.Photo, scale: int = 2) -> np.ndarray:
     """The plain bicubic upscale, the same interpolation as the network's own skip."""
-    import torch
-    import torch.nn.functional as F
+    from srpie_cli.model import upsample_bicubic
+    from srpie_cli.tiling import to_pixels, to_tensor
 
-    x = torch.from_numpy(images.to_float(photo.pixels)).permute(2, 0, 1)[None]
-    y = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-    return images.from_float(y[0].permute(1, 2, 0).numpy(), 8)
+    y = upsample_bicubic(to_tensor(images.to_float(photo.pixels)), scale).clamp_(0, 1)
+    return images.from_float(to_pixels(y), 8)
 
 
 def crop_box(w: int, h: int, size: int, at: tuple[float, float] | None) -> tuple[int, int, int, int]:
@@ -77,10 +76,10 @@ def preview(*, photo: Path, output: Path | None = None, settings: Settings = Set
     if fmt is None:
         raise SrpieError(f"{output}: the preview is written as .png or .jpg")
     src = images.read_photo(photo, settings.max_megapixels)
-    model, _, _, settings = load_for_inference(settings, log, src.pixels.shape[0] * src.pixels.shape[1] / 1e6)
-    after = enhance_photo(model, src, settings)
-    before = bicubic2x(src, model.scale)
+    enhancer = load(settings, log, src.megapixels)
+    after = enhancer.enhance(src)
+    before = bicubic2x(src, enhancer.model.scale)
     a8 = images.from_float(images.to_float(after.pixels), 8)
-    img = sheet(before, a8, crop=crop * model.scale, zoom=zoom, at=at)
+    img = sheet(before, a8, crop=crop * enhancer.model.scale, zoom=zoom, at=at)
     images.atomic_write(output, lambda f: img.save(f, format=fmt.upper(), **({"quality": 92} if fmt == "jpeg" else {})))
     return output

@@ -13,35 +13,43 @@ and starts the image again, and says so through ``on_retry``).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srpie_cli import SrpieError
+from srpie_cli import SrpieError, defaults
 from srpie_cli.model import context_thumbnail, wants_context
 
-DEFAULT_TILE = 384  # input pixels; tiles of the same size run as one batch
-# On a CPU smaller tiles run faster per pixel: a 64-channel feature map of a 192 px tile is
-# 9 MB and stays in cache, one of a 384 px tile is 38 MB and does not (paper preset, one
-# EPYC core: 0.047 MP/s at 192 px against 0.033 at 384, eager); at 12 MP both layouts push
-# the same +29% of extra pixels through the network (benchmarks/bench.py, tile sweep).
-CPU_TILE = 192
-DEFAULT_OVERLAP = 24  # input pixels shared by neighbouring tiles (the blending ramp)
+DEFAULT_TILE = defaults.CUDA_TILE  # input pixels; tiles of the same size run as one batch
+CPU_TILE = defaults.CPU_TILE  # smaller tiles run faster per pixel on a CPU (defaults.py)
+DEFAULT_OVERLAP = defaults.OVERLAP
 MIN_TILE = 32  # below this an out-of-memory retry gives up
+# torch.OutOfMemoryError is new in 2.5; older versions raise torch.cuda.OutOfMemoryError
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 @dataclass(frozen=True)
 class TileOptions:
     tile: int = DEFAULT_TILE  # 0: the whole image in one pass
     overlap: int = DEFAULT_OVERLAP
-    tile_batch: int = 4  # tiles per forward pass
+    tile_batch: int = defaults.TILE_BATCH  # tiles per forward pass
     tta: bool = False  # self-ensemble over the four flips (the paper's "Deep SR-PIE+")
     half: bool = False  # float16 autocast (CUDA only)
     fit: bool = True  # shrink tiles to the smallest size that keeps their count (False: one shape always)
+
+
+def to_tensor(a) -> torch.Tensor:
+    """The one boundary from pixels to the network: H x W x 3 float32 (numpy) -> 1 x 3 x H x W."""
+    return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
+
+
+def to_pixels(y: torch.Tensor):
+    """And back: 1 x 3 x H x W (CPU) -> H x W x 3 float32 numpy (a view: no copy)."""
+    return y[0].permute(1, 2, 0).numpy()
 
 
 FIT_ALIGN = 8  # fitted tiles stay multiples of 8 (PENet works at 1/8 and would pad otherwise)
@@ -172,7 +180,7 @@ def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions()
             if opts.tta:
                 acc.div_(len(FLIPS))
             return acc.clamp_(0, 1)
-        except torch.OutOfMemoryError:
+        except OUT_OF_MEMORY:
             if device.type != "cuda":
                 raise
             torch.cuda.empty_cache()

@@ -25,7 +25,7 @@ from srpie_cli import SrpieError, __version__
 from srpie_cli.data import PairSet, PhotoSet, batch
 from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
 from srpie_cli.losses import HybridLoss, LossWeights
-from srpie_cli.model import DeepSRPIE, config_for, graft_look, LOOK_PARTS, widen, with_context, without_rrelu
+from srpie_cli.model import LOOK_PARTS, DeepSRPIE, config_for, graft_look, widen, with_context, without_rrelu
 from srpie_cli.weights import build, read_weights, save_weights
 
 
@@ -89,7 +89,7 @@ def frozen_parts(model: DeepSRPIE) -> list[torch.nn.Module]:
     return [getattr(model, name) for name, _ in model.named_children() if name not in LOOK_PARTS]
 
 
-def set_mode(model: DeepSRPIE, cfg: "TrainConfig") -> None:
+def set_mode(model: DeepSRPIE, cfg: TrainConfig) -> None:
     """Training mode, except the frozen parts under ``look_only``."""
     model.train()
     if cfg.look_only:
@@ -97,7 +97,7 @@ def set_mode(model: DeepSRPIE, cfg: "TrainConfig") -> None:
             part.eval()
 
 
-def trainable(model: DeepSRPIE, cfg: "TrainConfig") -> list[torch.nn.Parameter]:
+def trainable(model: DeepSRPIE, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """Freeze what ``cfg`` leaves untouched, set the training mode, and return the parameters
     the optimiser moves."""
     if cfg.look_only:

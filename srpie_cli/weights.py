@@ -11,39 +11,19 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from srpie_cli import SrpieError
+from srpie_cli import SrpieError, defaults
+from srpie_cli.defaults import SHIPPED
 from srpie_cli.model import DeepSRPIE, SRPIEConfig, config_for
 
 FORMAT = "srpie-weights-1"
 WEIGHTS_DIR = Path(__file__).parent / "_weights"  # the installed copy of the repo's weights/
 
 
-@dataclass(frozen=True)
-class ShippedModel:
-    name: str
-    file: str
-    summary: str
-    preset: str = "paper"  # the architecture of the untrained stand-in while no file ships
-
-
-SHIPPED: dict[str, ShippedModel] = {
-    m.name: m
-    for m in [
-        ShippedModel("srpie-x2", "srpie-x2.pt", "joint 2x SR and enhancement: srpie-x2-sr's upscaler with a look, trained together (the default)"),
-        ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "pure 2x super-resolution: colour and tone left as they are"),
-        ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "joint 2x SR and enhancement, the fast preset: srpie-x2-fast-sr's upscaler with a look", "fast"),
-        ShippedModel("srpie-x2-fast-sr", "srpie-x2-fast-sr.pt", "pure 2x super-resolution, the fast preset: for CPU-only studios", "fast"),
-    ]
-}
-# The default does the pass srpie replaces: upscale and fix exposure, colour and tone. srpie-x2
-# became it once it scored above bicubic on photos that need nothing (Set5, Set14: weights/README.md);
-# it still lifts low-key photos a little; srpie-x2-sr leaves them as they are (--strength 0 nearly so).
-DEFAULT_MODEL = "srpie-x2"
+DEFAULT_MODEL = defaults.MODEL
 
 
 def weights_dir() -> Path:
@@ -101,7 +81,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> tuple[DeepSRP
     if path is None:
         return DeepSRPIE(config_for(SHIPPED[str(name_or_path)].preset)).eval(), {"name": str(name_or_path), "untrained": True}
     blob = read_weights(path)
-    meta = dict(blob.get("meta") or {})
+    meta = blob.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}  # a file's meta is informative only
     meta.setdefault("name", path.stem)
     meta["untrained"] = bool(meta.get("untrained", False))
     return build(blob, str(path)), meta

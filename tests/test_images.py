@@ -9,9 +9,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageOps
 
+from srpie_cli import SrpieError, __version__, images, metadata
 from tests.conftest import DATE, MAKE, MODEL, camera_exif, pattern, shared_data, srgb_icc, write_dng, write_jpeg
-from srpie_cli import SrpieError, __version__
-from srpie_cli import images
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -158,7 +157,7 @@ def test_dng_made_with_tifffile_develops_to_16bit_with_container_exif(tmp_path):
     assert photo.pixels.max() > 1000  # developed, not black
     assert photo.exif["0th"][piexif.ImageIFD.Make] == MAKE
     assert photo.exif["0th"][piexif.ImageIFD.DateTime] == DATE
-    cleaned = images.clean_exif(photo.exif, 96, 64)
+    cleaned = metadata.clean_exif(photo.exif, 96, 64)
     assert 33422 not in cleaned["0th"] and 50706 not in cleaned["0th"]  # CFA/DNG layout tags dropped
 
 
@@ -190,11 +189,11 @@ def test_real_canon_dng_develops():
 @pytest.mark.parametrize("name", ["CanonRaw.cr2", "CanonRaw.cr3", "Nikon.nef", "FujiFilm.raf", "Panasonic.rw2", "DNG.dng"])
 def test_exif_is_read_from_raw_containers(name):
     notes: list[str] = []
-    exif, _ = images.raw_metadata(shared_data("raw", "exiftool_stubs", name), notes)
+    exif, _ = metadata.raw_metadata(shared_data("raw", "exiftool_stubs", name), notes)
     assert exif is not None, notes
     assert exif["0th"].get(piexif.ImageIFD.Make), exif["0th"]
     # and it can be written out again
-    assert piexif.dump(images.clean_exif(exif, 10, 10))
+    assert piexif.dump(metadata.clean_exif(exif, 10, 10))
 
 
 @pytest.mark.parametrize("n", range(1, 9))
@@ -214,7 +213,7 @@ def test_invalid_camera_jpegs_fail_cleanly_or_decode():
             assert p.name in str(e)
         else:
             assert photo.pixels.ndim == 3
-            images.clean_exif(photo.exif, 2, 2)  # whatever EXIF survived is writable
+            metadata.clean_exif(photo.exif, 2, 2)  # whatever EXIF survived is writable
 
 
 # ----------------------------------------------------------------------------- robustness, IPTC

@@ -1,9 +1,24 @@
 import pytest
 import torch
 
-from srpie_cli.model import (PRESETS, DeepSRPIE, SRPIEConfig, config_for, context_thumbnail, count_parameters, decompose,
-                             flops_per_input_pixel, graft_look, local_transform, upsample_bicubic, wants_context, widen,
-                             with_context, with_strength, without_rrelu)
+from srpie_cli.model import (
+    PRESETS,
+    DeepSRPIE,
+    SRPIEConfig,
+    config_for,
+    context_thumbnail,
+    count_parameters,
+    decompose,
+    flops_per_input_pixel,
+    graft_look,
+    local_transform,
+    upsample_bicubic,
+    wants_context,
+    widen,
+    with_context,
+    with_strength,
+    without_rrelu,
+)
 from srpie_cli.weights import load_model, save_weights
 
 PAPER_PARAMS = 0.76e6  # Deep SR-PIE, Table 2 / Sec. IV-D

@@ -11,6 +11,7 @@ from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
 from srpie_cli.weights import load_model
 from tests.conftest import shared_data
 
+
 def test_srpie_x2_sr_meets_the_set5_target_and_its_card():
     model, meta = load_model("srpie-x2-sr")
     s = mean_score(evaluate_sr(model.eval(), shared_data("val", "Set5")))

@@ -21,7 +21,7 @@ def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
 def test_spans_cover_the_axis_with_the_requested_overlap(length, tile, overlap):
     sp = spans(length, tile, overlap)
     assert sp[0][0] == 0 and sp[-1][1] == length
-    for (a0, a1), (b0, b1) in zip(sp, sp[1:]):
+    for (a0, a1), (b0, _b1) in zip(sp, sp[1:]):
         assert a1 - b0 >= overlap  # neighbours share at least `overlap`
         assert b0 > a0
     assert all(e - s == min(tile, length) for s, e in sp)
@@ -36,7 +36,7 @@ def test_fitted_spans_keep_the_count_and_shrink_the_tiles(length, tile, overlap)
     size = sizes.pop()
     assert size <= min(tile, length) and (size % 8 == 0 or size == length)
     assert fitted[0][0] == 0 and fitted[-1][1] == length
-    for (a0, a1), (b0, b1) in zip(fitted, fitted[1:]):
+    for (_a0, a1), (b0, _b1) in zip(fitted, fitted[1:]):
         assert a1 - b0 >= overlap
     # the fewest pixels: 8 px less per window would need another window
     if len(fitted) > 1 and size - 8 > overlap:

@@ -80,8 +80,8 @@ def test_every_shipped_name_loads_trained_or_flagged_untrained():
 def test_the_defaults_agree():
     import inspect
 
-    from srpie_cli.batch import Settings
     from srpie_cli.cli import enhance, preview
+    from srpie_cli.inference import Settings
     from srpie_cli.weights import DEFAULT_MODEL
 
     assert DEFAULT_MODEL in SHIPPED and Settings().model == DEFAULT_MODEL

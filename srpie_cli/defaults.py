@@ -1,0 +1,66 @@
+"""Every user-facing default, and the catalogue of shipped models, in one place.
+
+Torch-free and cheap to import: the command line reads its defaults and help texts from
+here before any network is loaded, and no other module keeps a copy of these values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ----------------------------------------------------------------------------- the photos
+
+QUALITY = 95  # JPEG and WebP quality of the outputs (written 4:4:4)
+MAX_MEGAPIXELS = 150.0  # input size limit: a 150 MP medium-format frame passes, bombs do not
+STRENGTH = 1.0  # how much of a joint model's look is applied (0 none, 1 as trained, up to 2)
+RAW_JPEG = "raw"  # which file of a RAW+JPEG pair is enhanced: raw, jpeg or both
+
+# ----------------------------------------------------------------------------- the network
+
+DEVICE = "auto"  # CUDA when present, else the CPU
+# Tile side in input pixels. On a CPU a 192 px tile keeps a 64-channel feature map in cache
+# (9 MB; a 384 px tile's is 38 MB) and runs 1.4x faster per pixel (benchmarks/RESULTS.md);
+# on CUDA larger tiles fill the device.
+CPU_TILE = 192
+CUDA_TILE = 384
+OVERLAP = 24  # input pixels shared by neighbouring tiles (the blending ramp)
+TILE_BATCH = 4  # tiles per forward pass (CUDA; the CPU runs them one at a time)
+COMPILE = "auto"  # torch.compile: on, off, or auto (on a CPU for runs of COMPILE_MIN_MP or more)
+# torch.compile costs tens of seconds once per run and tile shape and saves about a third of
+# the CPU time per megapixel: it pays from a few megapixels on
+COMPILE_MIN_MP = 8.0
+
+# ----------------------------------------------------------------------------- the models
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model srpie ships: its name, weights file, what it does to a photo, and its
+    architecture (a preset of ``model.PRESETS``; the weights file must match it)."""
+
+    name: str
+    file: str
+    does: str  # what it does to a photo, in a photographer's words
+    preset: str
+    speed: str  # how fast it runs, relative to the others (measured: benchmarks/RESULTS.md)
+    enhances: bool  # True: changes colour and tone; False: upscales only
+
+
+SHIPPED: dict[str, ShippedModel] = {
+    m.name: m
+    for m in [
+        ShippedModel("srpie-x2", "srpie-x2.pt", "upscale 2x and fix exposure, colour and tone",
+                     "srpie-x2", "slow: the full network", True),
+        ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "upscale 2x only; colour and tone left as they are",
+                     "srpie-x2-sr", "slow: the full network", False),
+        ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "upscale 2x and fix exposure, colour and tone",
+                     "srpie-x2-fast", "4.6x less arithmetic than srpie-x2", True),
+        ShippedModel("srpie-x2-fast-sr", "srpie-x2-fast-sr.pt", "upscale 2x only; colour and tone left as they are",
+                     "srpie-x2-fast-sr", "4.6x less arithmetic than srpie-x2-sr", False),
+    ]
+}
+# The default does the pass srpie replaces: upscale and fix exposure, colour and tone.
+# srpie-x2 became it once it scored above bicubic on photos that need nothing (Set5, Set14:
+# weights/README.md); --model srpie-x2-sr leaves colour and tone as they are.
+MODEL = "srpie-x2"
+EVAL_MODEL = "srpie-x2-sr"  # srpie eval's default: the SR protocol scores a pure upscaler

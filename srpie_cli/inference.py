@@ -1,0 +1,146 @@
+"""Inference on one photo: the settings, a model loaded for them, and the per-photo work.
+
+``load(settings)`` gives an ``Enhancer``: the network on its device, ready (threads set, the
+tile chosen for the device, compiled where it pays). ``Enhancer.enhance(photo)`` runs it on
+one decoded photo; ``Enhancer.process(src, dst, fmt)`` is the whole per-photo job (decode,
+check, enhance, write) and the one function a worker process or a cluster actor calls. The
+batch (``batch.py``) decides which files to process; this module never walks folders.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from srpie_cli import SrpieError, defaults, images
+from srpie_cli.images import Photo
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every photo of a run is made (defaults: ``defaults.py``)."""
+
+    model: str = defaults.MODEL
+    device: str = defaults.DEVICE
+    tile: int | None = None  # None: defaults.CPU_TILE on a CPU, defaults.CUDA_TILE on CUDA
+    compile: str = defaults.COMPILE  # torch.compile: "on", "off", or "auto"
+    overlap: int = defaults.OVERLAP
+    tta: bool = False
+    half: bool = False
+    quality: int = defaults.QUALITY
+    max_megapixels: float = defaults.MAX_MEGAPIXELS
+    threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
+    strength: float = defaults.STRENGTH  # how much of the model's look to apply (model.with_strength)
+
+
+@dataclass
+class Done:
+    """What one processed photo reports: its size, where the time went, and notes (metadata
+    not carried over, decoder remarks, retries)."""
+
+    megapixels: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Enhancer:
+    """A model ready on its device with the settings it runs with.
+
+    Args:
+        model: the prepared network (``accel.prepare``).
+        meta: the weights file's metadata (name, scores, training).
+        device: where it runs.
+        settings: the run's settings, with the tile resolved for the device.
+    """
+
+    def __init__(self, model, meta: dict, device, settings: Settings):
+        self.model, self.meta, self.device, self.settings = model, meta, device, settings
+
+    def enhance(self, photo: Photo, on_retry: Callable[[str], None] | None = None) -> Photo:
+        """The network on the pixels; see ``enhance_photo``."""
+        return enhance_photo(self.model, photo, self.settings, on_retry=on_retry)
+
+    def decode(self, src: Path) -> Photo:
+        return images.read_photo(src, self.settings.max_megapixels)
+
+    def process(self, src: Path, dst: Path, fmt: str) -> Done:
+        """Decode ``src``, check that its output can be written, enhance it and write ``dst``
+        atomically. Raises SrpieError (or OSError for the disk) with the reason; returns what
+        to report. Idempotent: running it twice writes the same file."""
+        done = Done()
+        t = time.perf_counter()
+        photo = self.decode(src)
+        done.megapixels, done.timings["decode"] = round(photo.megapixels, 3), round(time.perf_counter() - t, 3)
+        done.notes += photo.notes
+        images.check_writable(dst, photo, fmt, self.settings.quality)
+        t = time.perf_counter()
+        out = self.enhance(photo, on_retry=done.notes.append)
+        done.timings["enhance"] = round(time.perf_counter() - t, 3)
+        del photo
+        t = time.perf_counter()
+        done.notes += images.write_photo(dst, out, fmt, self.settings.quality)
+        done.timings["encode"] = round(time.perf_counter() - t, 3)
+        return done
+
+
+def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megapixels: float = 0.0) -> Enhancer:
+    """The model of ``settings`` ready for inference: threads set, the tile chosen for the
+    device, ``--half`` dropped with a warning off CUDA, torch.compile on a CPU when the run
+    is large enough (``megapixels``), an untrained model announced through ``warn``."""
+    import torch  # imported here: planning and --help stay fast
+
+    from srpie_cli.accel import prepare
+    from srpie_cli.model import with_strength
+    from srpie_cli.tiling import default_tile, pick_device
+    from srpie_cli.weights import load_model
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = pick_device(settings.device)
+    model, meta = load_model(settings.model)
+    with_strength(model, settings.strength)
+    if settings.half and device.type != "cuda":
+        warn("--half needs a CUDA device; running in float32 on the CPU")
+        settings = replace(settings, half=False)
+    if settings.tile is None:
+        settings = replace(settings, tile=default_tile(device))
+    auto = device.type == "cpu" and megapixels >= defaults.COMPILE_MIN_MP
+    want = {"on": True, "off": False}.get(settings.compile, auto)
+    model = prepare(model, device, compile=want, on_fallback=warn)
+    if meta.get("untrained"):
+        warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
+             "is a plain bicubic 2x upscale, not an enhancement")
+    return Enhancer(model, meta, device, settings)
+
+
+def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[str], None] | None = None) -> Photo:
+    """The network on the pixels (2x, enhanced); alpha upscaled bicubic, not enhanced. A
+    black-and-white photo (``images.is_monochrome``) comes back neutral grey: the output's
+    luma (BT.601) in all three channels, so no model can tint it. SrpieError when the
+    network's output is not finite (broken weights): no black photo is written."""
+    import torch
+
+    from srpie_cli.model import upsample_bicubic
+    from srpie_cli.tiling import TileOptions, to_pixels, to_tensor, upscale
+
+    # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit
+    opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
+                       fit=not getattr(model, "compiled", False))
+    x = to_tensor(images.to_float(photo.pixels))
+    y = upscale(model, x, opts, on_retry=on_retry)
+    if not bool(torch.isfinite(y).all()):
+        raise SrpieError("the network's output is not finite (NaN or infinity): the model's weights are broken")
+    if images.is_monochrome(photo.pixels):  # in place: a 24 MP output is 1.2 GB of float32
+        r, g, b = y[0]
+        r.mul_(0.299).add_(g, alpha=0.587).add_(b, alpha=0.114)
+        g.copy_(r)
+        b.copy_(r)
+    pixels = images.from_float(to_pixels(y), photo.bits, overwrite=True)  # y is ours
+    del y, x
+    alpha = None
+    if photo.alpha is not None:
+        a = torch.from_numpy(images.to_float(photo.alpha))[None, None]
+        alpha = images.from_float(upsample_bicubic(a, model.scale)[0, 0].numpy(), photo.bits)
+    return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
