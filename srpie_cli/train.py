@@ -199,200 +199,269 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield sample_batch(rng, self.photos, self.pairs, self.cfg, self.scale)
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print,
-          on_step: Callable[[int, float, float], None] | None = None) -> dict:
-    """Train; returns the summary stored in the weights file's meta."""
-    from srpie_cli.tiling import pick_device
-
-    # ---- setup
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def check_config(cfg: TrainConfig) -> None:
+    """What can be refused before anything is loaded (SrpieError, a usage error)."""
     if not cfg.photos and not cfg.pairs:
         raise SrpieError("nothing to train on: give --photos and/or --pairs folders")
     if cfg.look_only and not cfg.init:
         raise SrpieError("--look-only fine-tunes the look of a trained model: give --init")
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = cfg.run_dir / "last.pt"
-    photos = PhotoSet.from_folders(cfg.photos) if cfg.photos else None
-    if cfg.init:
-        from srpie_cli.weights import load_model
 
-        model, _ = load_model(cfg.init)
-        if cfg.du_features and not model.cfg.du_features:
-            if not model.cfg.dunet:
-                raise SrpieError(f"{cfg.init}: --du-features needs a model with DUNet (this one has the PixelShuffle head)")
-            model = widen(model)
-        if not cfg.rrelu and model.cfg.rrelu:
-            model = without_rrelu(model)
-        if cfg.look_from:
-            model = graft_look(model, load_model(cfg.look_from)[0])
-        if cfg.global_context and not model.cfg.global_context:
-            model = with_context(model)
-    else:
-        model = DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features,
-                                     global_context=cfg.global_context, rrelu=cfg.rrelu))
-    scale = model.scale
+
+def build_model(cfg: TrainConfig) -> DeepSRPIE:
+    """A new network of ``cfg.preset``, or the ``--init`` model widened, grafted or given a
+    context as ``cfg`` asks (each change keeps its output until trained: ``model.py``)."""
+    if not cfg.init:
+        return DeepSRPIE(config_for(cfg.preset, global_skip=cfg.global_skip, du_features=cfg.du_features,
+                                    global_context=cfg.global_context, rrelu=cfg.rrelu))
+    from srpie_cli.weights import load_model
+
+    model, _ = load_model(cfg.init)
+    if cfg.du_features and not model.cfg.du_features:
+        if not model.cfg.dunet:
+            raise SrpieError(f"{cfg.init}: --du-features needs a model with DUNet (this one has the PixelShuffle head)")
+        model = widen(model)
+    if not cfg.rrelu and model.cfg.rrelu:
+        model = without_rrelu(model)
+    if cfg.look_from:
+        model = graft_look(model, load_model(cfg.look_from)[0])
+    if cfg.global_context and not model.cfg.global_context:
+        model = with_context(model)
+    return model
+
+
+@dataclass
+class Data:
+    """What a run learns from and is judged on."""
+
+    photos: PhotoSet | None  # good photos for synthetic pairs
+    pairs: PairSet | None  # real pairs trained on
+    held: PairSet | None  # held out: scored by no choice of the run when val_pairs is given
+    val_set: PairSet | None  # what the best file is chosen on
+
+    def summary(self, cfg: TrainConfig) -> dict:
+        return {"photos": [str(p) for p in cfg.photos], "photo_count": len(self.photos.images) if self.photos else 0,
+                "pairs": [str(p) for p in cfg.pairs], "pair_count": len(self.pairs) if self.pairs else 0,
+                "held_out_pairs": self.held.names if self.held else [],
+                "validation_pairs": self.val_set.names if self.val_set is not None and cfg.val_pairs else []}
+
+
+def load_data(cfg: TrainConfig, scale: int) -> Data:
+    photos = PhotoSet.from_folders(cfg.photos) if cfg.photos else None
     pairs, held, val_set = None, None, None
     if cfg.pairs:
         pairs, held = PairSet.from_folders(cfg.pairs, scale, cfg.holdout + cfg.val_pairs)
         val_set, held = held.split(cfg.holdout) if cfg.val_pairs else (held, held)
-    loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)
-    if cfg.loss == "hybrid" and not loss_fn.uses_content:
-        log("content (VGG-19) loss off: no local VGG-19 weights file given (--vgg)")
-    rng = np.random.default_rng(cfg.seed)
-    step, best, history, seconds = 0, -math.inf, [], 0.0
-    blob = None
-    if cfg.resume and ckpt.is_file():
-        blob = read_weights(ckpt)
-        model = build(blob, str(ckpt))
-        step, best, history, seconds = blob["step"], blob["best"], list(blob["history"]), blob["seconds"]
-        rng.bit_generator.state = _rng_state_from(blob["rng"])
-        if "torch_rng" in blob:  # RReLU draws its slopes from it
-            torch.set_rng_state(blob["torch_rng"])
-        log(f"resumed {ckpt} at step {step} (best {best:.3f})")
+    return Data(photos, pairs, held, val_set)
+
+
+def batch_source(cfg: TrainConfig, data: Data, rng: np.random.Generator, scale: int, first_step: int,
+                 device: torch.device) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A function returning the next batch on ``device``: made here from ``rng`` (exact on
+    resume), or by ``cfg.workers`` background processes (started before CUDA is touched, so
+    they fork CPU-only)."""
     stream = None
-    if cfg.workers:  # started before CUDA is touched: the workers are forked CPU-only
-        loader = torch.utils.data.DataLoader(BatchStream(photos, pairs, cfg, scale, step), batch_size=None,
-                                             num_workers=cfg.workers, prefetch_factor=4,
+    if cfg.workers:
+        loader = torch.utils.data.DataLoader(BatchStream(data.photos, data.pairs, cfg, scale, first_step),
+                                             batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
                                              pin_memory=device.type == "cuda")
         stream = iter(loader)
+
+    def next_batch():
+        lr_t, hr_t, ctx_t = next(stream) if stream is not None else sample_batch(rng, data.photos, data.pairs, cfg,
+                                                                                scale)
+        return (lr_t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                hr_t.to(device, non_blocking=True), ctx_t.to(device, non_blocking=True))
+
+    return next_batch
+
+
+def prepare_device(device: torch.device) -> None:
     if device.type == "cuda":
         if device.index is not None:
             torch.cuda.set_device(device)  # pinned copies and validation use it too, not GPU 0
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    # channels-last: ~15% faster steps on CPU, and the layout cuDNN's tensor-core kernels want
-    params = trainable(model, cfg)
-    model.to(device, memory_format=torch.channels_last)
-    loss_fn.to(device)
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
-    average = WeightAverage(model, cfg.ema) if cfg.ema else None
-    if blob is not None:
-        opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
-        if average is not None and not average.load(blob):
-            log("the checkpoint has no weight average: it starts from the resumed weights")
-        if average is None and "ema_state" in blob:
-            log("the run had a weight average (--ema) and this resume has none: from here the trained weights "
-                "are validated and written")
-        del blob
-    net = average.model if average is not None else model  # what is validated and written
 
-    data_summary = {"photos": [str(p) for p in cfg.photos], "photo_count": len(photos.images) if photos else 0,
-                    "pairs": [str(p) for p in cfg.pairs], "pair_count": len(pairs) if pairs else 0,
-                    "held_out_pairs": held.names if held else [],
-                    "validation_pairs": val_set.names if val_set is not None and cfg.val_pairs else []}
 
-    # ---- batch function
-    def get_batch():
-        lr_t, hr_t, ctx_t = next(stream) if stream is not None else sample_batch(rng, photos, pairs, cfg, scale)
-        return (lr_t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                hr_t.to(device, non_blocking=True), ctx_t.to(device, non_blocking=True))
+def selection_key(res: dict) -> float:
+    """What "better" means: the PSNR gain over bicubic, summed over the validation sets (so a
+    model that fixes bad photos but wrecks good ones does not win)."""
+    gains = [v["psnr"] - v["bicubic_psnr"] for v in res.values()]
+    return sum(gains) if gains else -math.inf
 
-    def validate(m: DeepSRPIE) -> dict:
+
+def hardware(device: torch.device, cfg: TrainConfig) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({cfg.workers} data workers)"
+    return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
+
+
+class Run:
+    """The resumable state of a run: the model, its optimiser and weight average, the step,
+    the best score so far, the validation history, the time spent and the batch generator.
+    ``checkpoint()`` writes all of it to ``RUN_DIR/last.pt``; ``Run(..., resume=True)``
+    continues from there exactly (bit for bit on a CPU without workers)."""
+
+    def __init__(self, cfg: TrainConfig, model: DeepSRPIE, data: Data, device: torch.device,
+                 log: Callable[[str], None]):
+        self.cfg, self.data, self.device, self.log = cfg, data, device, log
+        self.ckpt = cfg.run_dir / "last.pt"
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step, self.best, self.history, self.seconds = 0, -math.inf, [], 0.0
+        self.last_scores: dict = {}
+        blob = read_weights(self.ckpt) if cfg.resume and self.ckpt.is_file() else None
+        if blob is not None:
+            model = build(blob, str(self.ckpt))
+            self.step, self.best, self.history, self.seconds = (blob["step"], blob["best"], list(blob["history"]),
+                                                                blob["seconds"])
+            self.rng.bit_generator.state = _rng_state_from(blob["rng"])
+            if "torch_rng" in blob:  # RReLU draws its slopes from it
+                torch.set_rng_state(blob["torch_rng"])
+            log(f"resumed {self.ckpt} at step {self.step} (best {self.best:.3f})")
+        self.next_batch = batch_source(cfg, data, self.rng, model.scale, self.step, device)
+        prepare_device(device)
+        params = trainable(model, cfg)
+        # channels-last: ~15% faster steps on CPU, and the layout cuDNN's tensor-core kernels want
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.average = WeightAverage(model, cfg.ema) if cfg.ema else None
+        if blob is not None:
+            self._resume_optimiser(blob)
+        self.net = self.average.model if self.average is not None else model  # validated and written
+
+    def _resume_optimiser(self, blob: dict) -> None:
+        self.opt.load_state_dict(blob["optimizer"])  # after the move: the state follows the parameters
+        if self.average is not None and not self.average.load(blob):
+            self.log("the checkpoint has no weight average: it starts from the resumed weights")
+        if self.average is None and "ema_state" in blob:
+            self.log("the run had a weight average (--ema) and this resume has none: from here the trained "
+                     "weights are validated and written")
+
+    def summary(self, scores: dict) -> dict:
+        """The meta of a weights file: what made it and how it scores."""
+        cfg = self.cfg
+        return {"srpie_version": __version__, "command": cfg.command, "train_config": _jsonable(cfg),
+                "data": self.data.summary(cfg), "steps": self.step, "train_seconds": round(self.seconds, 1),
+                "hardware": hardware(self.device, cfg), "scores": scores}
+
+    def checkpoint(self) -> None:
+        extra = {"optimizer": self.opt.state_dict(), "step": self.step, "best": self.best, "history": self.history,
+                 "seconds": self.seconds, "rng": _rng_state_to(self.rng.bit_generator.state),
+                 "torch_rng": torch.get_rng_state()}
+        if self.average is not None:
+            extra.update(self.average.state())
+        save_weights(self.ckpt, self.model, self.summary({}), extra=extra)
+
+    def validate(self, m: DeepSRPIE) -> dict:
         m.eval()
         res = {}
-        if cfg.val:
-            res["val_sr"] = mean_score(evaluate_sr(m, cfg.val))
-        if val_set is not None and len(val_set):
-            res["val_pairs"] = mean_score(evaluate_pairs(m, val_set))
-        set_mode(model, cfg)
+        if self.cfg.val:
+            res["val_sr"] = mean_score(evaluate_sr(m, self.cfg.val))
+        if self.data.val_set is not None and len(self.data.val_set):
+            res["val_pairs"] = mean_score(evaluate_pairs(m, self.data.val_set))
+        set_mode(self.model, self.cfg)
         return res
 
-    def key(res: dict) -> float:
-        """What "better" means: the PSNR gain over bicubic, summed over the validation sets
-        (so a model that fixes bad photos but wrecks good ones does not win)."""
-        gains = [v["psnr"] - v["bicubic_psnr"] for v in res.values()]
-        return sum(gains) if gains else -math.inf
+    def validate_and_keep_best(self) -> None:
+        """Score the weights written (the average, with --ema), log the trained weights'
+        score beside it, and write ``cfg.out`` when the score is the best so far."""
+        self.last_scores = res = self.validate(self.net)
+        entry = {"step": self.step, **res}
+        if self.average is not None and res:  # the trained weights too: what the average is worth, measured
+            entry["without_average"] = self.validate(self.model)
+            self.log(f"step {self.step} without the weight average: key {selection_key(entry['without_average']):.3f}")
+        self.history.append(entry)
+        self.log(f"step {self.step} validation {res}")
+        if selection_key(res) > self.best:
+            self.best = selection_key(res)
+            save_weights(self.cfg.out, self.net, self.summary(res))
+            self.log(f"step {self.step}: best so far, wrote {self.cfg.out}")
 
-    def hardware() -> str:
-        if device.type == "cuda":
-            return f"{torch.cuda.get_device_name(device)} ({cfg.workers} data workers)"
-        return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
+    def finish(self) -> dict:
+        if self.cfg.minutes is not None and self.step < self.cfg.steps and self.step % self.cfg.val_every:
+            self.validate_and_keep_best()  # stopped by the clock: score the end
+        self.checkpoint()  # after the last validation, so a resume knows its best
+        if not self.cfg.out.exists():  # no validation ran: write what we have
+            self.last_scores = self.validate(self.net)
+            save_weights(self.cfg.out, self.net, self.summary(self.last_scores))
+        return self.summary(self.last_scores)
 
-    def summary(res: dict) -> dict:
-        return {"srpie_version": __version__, "command": cfg.command, "train_config": _jsonable(cfg),
-                "data": data_summary, "steps": step, "train_seconds": round(seconds, 1),
-                "hardware": hardware(), "scores": res}
 
-    def save_checkpoint():
-        extra = {"optimizer": opt.state_dict(), "step": step, "best": best, "history": history,
-                 "seconds": seconds, "rng": _rng_state_to(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
-        if average is not None:
-            extra.update(average.state())
-        save_weights(ckpt, model, summary({}), extra=extra)
+def finite(loss: torch.Tensor, step: int) -> float:
+    """The loss as a number (this waits for the device, so it is read only when needed: every
+    20 steps and before anything is validated or saved); a non-finite loss stops the run
+    before it can overwrite a good checkpoint."""
+    v = loss.item()
+    if not math.isfinite(v):
+        raise SrpieError(f"loss is not finite at step {step}; lower the learning rate")
+    return v
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print,
+          on_step: Callable[[int, float, float], None] | None = None) -> dict:
+    """Train; returns the summary stored in the weights file's meta."""
+    from srpie_cli.tiling import pick_device
+
+    # ---- setup: the model, the data, the run state (resumed when asked)
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg)
+    data = load_data(cfg, model.scale)
+    loss_fn = HybridLoss(LossWeights.preset(cfg.loss), cfg.vgg)
+    if cfg.loss == "hybrid" and not loss_fn.uses_content:
+        log("content (VGG-19) loss off: no local VGG-19 weights file given (--vgg)")
+    run = Run(cfg, model, data, device, log)
+    loss_fn.to(device)
 
     # ---- the loop
-    def check(loss: torch.Tensor) -> float:
-        """The loss as a number (this waits for the device, so it runs only when needed:
-        every 20 steps and before anything is validated or saved); a non-finite loss stops
-        the run before it can overwrite a good checkpoint."""
-        v = loss.item()
-        if not math.isfinite(v):
-            raise SrpieError(f"loss is not finite at step {step}; lower the learning rate")
-        return v
-
-    def validate_and_keep_best():
-        nonlocal best, last_res
-        last_res = validate(net)
-        entry = {"step": step, **last_res}
-        if average is not None and last_res:  # the trained weights too: what the average is worth, measured
-            entry["without_average"] = validate(model)
-            log(f"step {step} without the weight average: key {key(entry['without_average']):.3f}")
-        history.append(entry)
-        log(f"step {step} validation {last_res}")
-        if key(last_res) > best:
-            best = key(last_res)
-            save_weights(cfg.out, net, summary(last_res))
-            log(f"step {step}: best so far, wrote {cfg.out}")
-
-    start = time.time()
-    seconds0, step0 = seconds, step
-    last_res: dict = {}
+    start, seconds0, step0 = time.time(), run.seconds, run.step
     value, loss = math.nan, None
-    while step < cfg.steps:
-        if cfg.minutes is not None and seconds >= 60 * cfg.minutes:
-            log(f"time budget of {cfg.minutes} min reached at step {step}")
+    while run.step < cfg.steps:
+        if cfg.minutes is not None and run.seconds >= 60 * cfg.minutes:
+            log(f"time budget of {cfg.minutes} min reached at step {run.step}")
             break
-        lr = lr_at(step, cfg, seconds)
-        for g in opt.param_groups:
+        lr = lr_at(run.step, cfg, run.seconds)
+        for g in run.opt.param_groups:
             g["lr"] = lr
-        lr_t, hr_t, ctx_t = get_batch()
-        loss, _ = loss_fn(model(lr_t, ctx_t), hr_t)
-        opt.zero_grad(set_to_none=True)
+        lr_t, hr_t, ctx_t = run.next_batch()
+        loss, _ = loss_fn(run.model(lr_t, ctx_t), hr_t)
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if average is not None:
-            average.update()
-        step += 1
-        seconds = seconds0 + time.time() - start
+        run.opt.step()
+        if run.average is not None:
+            run.average.update()
+        run.step += 1
+        run.seconds = seconds0 + time.time() - start
+        step = run.step
         validating = step % cfg.val_every == 0 or step == cfg.steps
         saving = step % cfg.ckpt_every == 0 or step == cfg.steps
         if step % 20 == 0 or step == 1 or validating or saving:
-            value = check(loss)
+            value = finite(loss, step)
         if step % 20 == 0:
-            rate = (step - step0) / max(1e-9, seconds - seconds0)
-            left = (cfg.steps - step) / rate
-            if cfg.minutes is not None:
-                left = min(left, 60 * cfg.minutes - seconds)
-            log(f"step {step}/{cfg.steps} loss {value:.5f} lr {lr:.2e} {seconds / 60:.1f} min, "
-                f"{rate:.1f} steps/s, ETA {max(0.0, left) / 60:.0f} min")
+            log_progress(log, cfg, step, step0, run.seconds, seconds0, value, lr)
         if validating:
-            validate_and_keep_best()
+            run.validate_and_keep_best()
         if saving:
-            save_checkpoint()
+            run.checkpoint()
         if on_step:
             on_step(step, value, lr)  # the last loss read, not this step's (no device sync)
     if loss is not None:
-        check(loss)  # before the checkpoint below
-    if cfg.minutes is not None and step < cfg.steps and step % cfg.val_every:  # stopped by the clock: score the end
-        validate_and_keep_best()
-    save_checkpoint()  # after the last validation, so a resume knows its best
-    if not cfg.out.exists():  # no validation ran: write what we have
-        last_res = validate(net)
-        save_weights(cfg.out, net, summary(last_res))
-    return summary(last_res)
+        finite(loss, run.step)  # before the checkpoint below
+    return run.finish()
+
+
+def log_progress(log, cfg: TrainConfig, step: int, step0: int, seconds: float, seconds0: float, value: float,
+                 lr: float) -> None:
+    rate = (step - step0) / max(1e-9, seconds - seconds0)
+    left = (cfg.steps - step) / rate
+    if cfg.minutes is not None:
+        left = min(left, 60 * cfg.minutes - seconds)
+    log(f"step {step}/{cfg.steps} loss {value:.5f} lr {lr:.2e} {seconds / 60:.1f} min, "
+        f"{rate:.1f} steps/s, ETA {max(0.0, left) / 60:.0f} min")
 
 
 def _rng_state_to(state: dict) -> dict:
