@@ -73,6 +73,7 @@ StrengthOpt = Annotated[float, typer.Option(
     help="How much of the model's colour and tone correction to apply: 0 none (upscale only), 1 as "
     "trained, up to 2.")]
 ADVANCED = "Advanced"  # the help panel of the engineer's knobs
+DATA, MODEL = "Data", "Model"  # srpie train's panels
 
 
 def _readable_help() -> None:
@@ -374,7 +375,7 @@ def models():
     for note in notes:
         err.print(f"[bold yellow]warning:[/] {_esc(note)}", highlight=False)
     out.print("Scores and how each was trained: weights/README.md (installed beside the weights).",
-              highlight=False, soft_wrap=True)
+              highlight=False)
 
 
 @app.command("eval")
@@ -432,39 +433,72 @@ def evaluate(
 
 @app.command()
 def train(
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (best by validation).")],
-    photos: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of good photos (synthetic pairs); repeatable.")] = None,
-    pairs: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, help="Folder of real pairs: before/ and after/ subfolders; repeatable.")] = None,
-    sr_only: Annotated[bool, typer.Option("--sr-only", help="Synthetic pairs get bicubic downscaling only (pure super-resolution).")] = False,
-    preset: Annotated[Preset, typer.Option(help="Network size.")] = Preset.paper,
-    global_skip: Annotated[bool, typer.Option(hidden=True, help="--no-global-skip: the paper's ablation (docs/network.md).")] = True,
-    init: Annotated[Optional[str], typer.Option(help="Start from these weights (name or file): fine-tuning.")] = None,
-    rrelu: Annotated[bool, typer.Option(hidden=True, help="--no-rrelu: MBFNet's RReLU fixed at its inference slope.")] = True,
-    du_features: Annotated[bool, typer.Option("--du-features", help="DUNet also sees MBFNet's features (widens an --init model that lacks them, keeping its output).")] = False,
-    global_context: Annotated[bool, typer.Option("--global-context", help="PENet also sees a thumbnail of the whole photo, so the look does not depend on the tile (added to an --init model that lacks it, keeping its output).")] = False,
-    look_only: Annotated[bool, typer.Option("--look-only", help="With --init: train only the look (PENet and the global context); the upscaler stays as shipped. A step costs 1.8-2.6x less (benchmarks/train_step.py), and a few house-look pairs cannot cost sharpness.")] = False,
-    look_from: Annotated[Optional[str], typer.Option(help="With --init: keep its upscaler and take the look (PENet and the global context) from this model instead; with --look-only, the look then learns to work on the new upscaler.")] = None,
-    recipe: Annotated[Recipe, typer.Option(hidden=True, help="cpu: lr 1e-3 cosine, 48 px; paper: the paper's lr 1e-4, 64 px.")] = Recipe.cpu,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (the schedule spans them).")] = 2000,
-    minutes: Annotated[Optional[float], typer.Option(help="Wall-time budget in minutes, resumes included; the schedule ends with whichever of --steps and --minutes ends first.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Patches per step (recipe default).")] = None,
-    patch: Annotated[Optional[int], typer.Option(min=8, help="Low-resolution patch side (recipe default).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (recipe default).")] = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.pt",
+                                           help="Weights file to write (best by validation).")],
+    pairs: Annotated[Optional[list[Path]], typer.Option(
+        exists=True, file_okay=False, metavar="DIR", rich_help_panel=DATA,
+        help="Real pairs: before/ and after/ subfolders; repeatable.")] = None,
+    photos: Annotated[Optional[list[Path]], typer.Option(
+        exists=True, file_okay=False, metavar="DIR", rich_help_panel=DATA,
+        help="Good photos, damaged into synthetic pairs; repeatable.")] = None,
+    sr_only: Annotated[bool, typer.Option("--sr-only", rich_help_panel=DATA,
+                                          help="Synthetic pairs are only downscaled (pure super-resolution).")] = False,
+    holdout: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=DATA,
+                                         help="Pairs per folder held out (the last N by name).")] = 3,
+    val_pairs: Annotated[int, typer.Option(
+        min=0, metavar="N", rich_help_panel=DATA,
+        help="Pairs per folder, before the held-out ones, to choose the best file on (0: the held-out ones).")] = 0,
+    val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, metavar="DIR", rich_help_panel=DATA,
+                                                help="HR folder scored with the SR protocol.")] = None,
+    pair_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=DATA,
+                                                 help="Share of each batch from real pairs.")] = 0.5,
+    clean_fraction: Annotated[float, typer.Option(
+        min=0, max=1, metavar="F", rich_help_panel=DATA,
+        help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
+    init: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", rich_help_panel=MODEL,
+                                                help="Start from these weights: fine-tuning.")] = None,
+    look_only: Annotated[bool, typer.Option(
+        "--look-only", rich_help_panel=MODEL,
+        help="With --init: train only the look; the upscaler stays as it is (a step costs about half).")] = False,
+    look_from: Annotated[Optional[str], typer.Option(
+        metavar="NAME|FILE", rich_help_panel=MODEL,
+        help="With --init: take the look from this model, on the --init model's upscaler.")] = None,
+    preset: Annotated[Preset, typer.Option(rich_help_panel=MODEL, help="Network size, from scratch.")] = Preset.paper,
+    du_features: Annotated[bool, typer.Option("--du-features", rich_help_panel=MODEL,
+                                              help="DUNet also sees MBFNet's features (docs/network.md).")] = False,
+    global_context: Annotated[bool, typer.Option(
+        "--global-context", rich_help_panel=MODEL,
+        help="The look also sees a thumbnail of the whole photo (docs/network.md).")] = False,
+    global_skip: Annotated[bool, typer.Option(hidden=True, help="--no-global-skip: the paper's ablation.")] = True,
+    rrelu: Annotated[bool, typer.Option(hidden=True, help="--no-rrelu: RReLU fixed at its inference slope.")] = True,
+    recipe: Annotated[Recipe, typer.Option(hidden=True, help="cpu (default) or paper: the paper's lr 1e-4, 64 px.")] = Recipe.cpu,
+    steps: Annotated[int, typer.Option(min=1, metavar="N", help="Optimiser steps (the schedule spans them).")] = 2000,
+    minutes: Annotated[Optional[float], typer.Option(
+        metavar="M", help="Time budget, resumes included; the schedule ends with --steps or --minutes.")] = None,
     loss: Annotated[Loss, typer.Option(help="l1, or the paper's hybrid loss.")] = Loss.l1,
-    ema: Annotated[float, typer.Option(min=0, max=0.99999, help="Validate and write an exponential moving average of the weights with this decay (0.999: about the last 1,000 steps); 0: off. The log also scores the weights without it.")] = 0.0,
-    vgg: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Local VGG-19 weights for the content loss.")] = None,
-    val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="HR folder scored with the SR protocol.")] = None,
-    holdout: Annotated[int, typer.Option(min=0, help="Pairs per folder held out (the last N by name): validated on, unless --val-pairs.")] = 3,
-    val_pairs: Annotated[int, typer.Option(min=0, help="Pairs per folder, before the held-out ones, kept out of training to validate and choose the best file on, so the held-out pairs stay unseen by every choice (0: validate on the held-out pairs).")] = 0,
-    pair_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of each batch from real pairs.")] = 0.5,
-    clean_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
-    val_every: Annotated[int, typer.Option(min=1)] = 250,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints and log (default: runs/<out name>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
-    threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: all).")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option(min=0, help="Processes making batches in the background (a GPU needs several); 0: none, and a resume on a CPU without --minutes is bit-exact.")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    ema: Annotated[float, typer.Option(
+        min=0, max=0.99999, metavar="DECAY",
+        help="Write an exponential moving average of the weights (0.999: about 1,000 steps); 0: off.")] = 0.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, metavar="N", rich_help_panel=ADVANCED,
+                                                      help="Patches per step.")] = None,
+    patch: Annotated[Optional[int], typer.Option(min=8, metavar="N", rich_help_panel=ADVANCED,
+                                                 help="Low-resolution patch side.")] = None,
+    lr: Annotated[Optional[float], typer.Option(metavar="X", rich_help_panel=ADVANCED,
+                                                help="Peak learning rate.")] = None,
+    vgg: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, metavar="FILE", rich_help_panel=ADVANCED,
+                                                help="Local VGG-19 weights for the content loss.")] = None,
+    val_every: Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=ADVANCED,
+                                           help="Steps between validations.")] = 250,
+    run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", rich_help_panel=ADVANCED,
+                                                    help="Checkpoints (default: runs/<out name>).")] = None,
+    threads: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
+                                         help="CPU threads (0: all).")] = 0,
+    device: Annotated[str, typer.Option(metavar="DEVICE", rich_help_panel=ADVANCED,
+                                        help="auto, cpu, cuda or cuda:N.")] = defaults.DEVICE,
+    workers: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
+                                         help="Processes making batches (a GPU needs several).")] = 0,
+    seed: Annotated[int, typer.Option(metavar="N", rich_help_panel=ADVANCED, help="Random seed.")] = 0,
 ):
     """Train or fine-tune a model: a house look from your own before/after pairs.
 
