@@ -18,6 +18,7 @@ def report():
     return main(["--threads", "1"], sizes=TINY)
 
 
+@pytest.mark.slow
 def test_every_section_reports_positive_finite_figures(report):
     assert report["peak_gflops"] > 0
     for section in ("network", "peers", "tiled"):
@@ -56,6 +57,7 @@ def test_tile_overhead_from_the_layout():
     assert tile_overhead(3000, 4000) < 1.15  # 12 MP at the default tile
 
 
+@pytest.mark.slow
 def test_cuda_benchmark_runs_in_smoke_form_on_a_cpu(tmp_path):
     from benchmarks import bench_cuda
 
@@ -68,6 +70,7 @@ def test_cuda_benchmark_runs_in_smoke_form_on_a_cpu(tmp_path):
     assert (tmp_path / "c.json").is_file()
 
 
+@pytest.mark.slow
 def test_tile_consistency_reports_each_model(tmp_path):
     import numpy as np
     from PIL import Image

@@ -12,6 +12,7 @@ from srpie_cli.weights import load_model
 from tests.conftest import shared_data
 
 
+@pytest.mark.slow
 def test_srpie_x2_sr_meets_the_set5_target_and_its_card():
     model, meta = load_model("srpie-x2-sr")
     s = mean_score(evaluate_sr(model.eval(), shared_data("val", "Set5")))
@@ -20,6 +21,7 @@ def test_srpie_x2_sr_meets_the_set5_target_and_its_card():
     assert s["bicubic_psnr"] == pytest.approx(33.67, abs=0.01)
 
 
+@pytest.mark.slow
 def test_srpie_x2_fast_sr_scores_its_card_on_set5_and_leaves_colour_alone():
     model, meta = load_model("srpie-x2-fast-sr")
     s = mean_score(evaluate_sr(model.eval(), shared_data("val", "Set5")))
@@ -28,6 +30,7 @@ def test_srpie_x2_fast_sr_scores_its_card_on_set5_and_leaves_colour_alone():
     assert s["colour_shift"] < 0.5  # pure SR: the mean colour stays where bicubic puts it
 
 
+@pytest.mark.slow
 def test_srpie_x2_fast_improves_held_out_fivek_pairs_as_its_card_says():
     model, meta = load_model("srpie-x2-fast")
     _, held = PairSet.from_folders([shared_data("pairs", "fivek15")], 2, holdout=3)
@@ -61,6 +64,7 @@ def test_a_joint_model_brightens_a_dark_photo_and_without_its_look_is_its_upscal
     assert looked.mean() > sr.mean() + 0.1  # the look lifts an under-exposed photo (measured +0.21)
 
 
+@pytest.mark.slow
 def test_srpie_x2_meets_the_fivek_target_and_keeps_well_exposed_photos_above_bicubic():
     model, meta = load_model("srpie-x2")
     model.eval()

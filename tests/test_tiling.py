@@ -62,6 +62,7 @@ def tiled_and_whole():
     return whole[0].permute(1, 2, 0).numpy(), tiled[0].permute(1, 2, 0).numpy(), bicubic[0].permute(1, 2, 0).numpy()
 
 
+@pytest.mark.slow
 def test_tiled_output_matches_whole_image_output(tiled_and_whole):
     whole, tiled, bicubic = tiled_and_whole
     assert whole.shape == tiled.shape == (880, 1200, 3)
