@@ -504,7 +504,7 @@ def train(
 
     Example: srpie train --pairs pairs/ --init srpie-x2 --look-only --steps 1000 --out house.pt
     """
-    from srpie_cli.train import TrainConfig
+    from srpie_cli.train import TrainConfig, check_config
     from srpie_cli.train import train as run_train
 
     rec = TrainConfig.recipe(recipe.value)
@@ -516,6 +516,10 @@ def train(
                       minutes=minutes, loss=loss.value, ema=ema, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
                       pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
                       device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
+    try:
+        check_config(cfg)  # before any folder is made: nothing to train on, an unknown model or device
+    except SrpieError as e:
+        raise fail(_esc(e), EXIT_USAGE) from None
     try:
         if err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -200,11 +200,20 @@ class BatchStream(torch.utils.data.IterableDataset):
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """What can be refused before anything is loaded (SrpieError, a usage error)."""
+    """What can be refused before anything is loaded or any folder made (SrpieError: the
+    command line calls it a usage error): nothing to train on, --look-only without a model,
+    an unknown device or model name."""
+    from srpie_cli.tiling import pick_device
+    from srpie_cli.weights import resolve
+
     if not cfg.photos and not cfg.pairs:
         raise SrpieError("nothing to train on: give --photos and/or --pairs folders")
     if cfg.look_only and not cfg.init:
         raise SrpieError("--look-only fine-tunes the look of a trained model: give --init")
+    pick_device(cfg.device)
+    for model in (cfg.init, cfg.look_from):
+        if model is not None:
+            resolve(model)
 
 
 def build_model(cfg: TrainConfig) -> DeepSRPIE:

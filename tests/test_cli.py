@@ -86,5 +86,12 @@ def test_train_writes_a_weights_file_that_enhance_can_use(tmp_path, tiny_model, 
 
 
 def test_train_without_data_is_a_usage_error(tmp_path):
-    r = runner.invoke(app, ["train", "--out", str(tmp_path / "x.pt")])
-    assert r.exit_code != 0 and "nothing to train on" in r.output
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "x.pt"), "--run-dir", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "nothing to train on" in r.output
+    assert not (tmp_path / "run").exists()  # refused before any folder was made
+    (tmp_path / "pairs").mkdir()
+    for args in (["--device", "tpu"], ["--init", "no-such-model"]):
+        r = runner.invoke(app, ["train", "--out", str(tmp_path / "x.pt"), "--pairs", str(tmp_path / "pairs"),
+                                "--run-dir", str(tmp_path / "run"), *args])
+        assert r.exit_code == 2 and "error:" in r.output, args
+        assert not (tmp_path / "run").exists()
