@@ -103,3 +103,14 @@ def test_training_step_benchmark_runs_both_ways():
     net = DeepSRPIE(config_for("fast", du_features=True, global_context=True, own_look_input=True))
     look = sum(p.numel() for name in LOOK_PARTS for p in getattr(net, name).parameters())
     assert row["look_only_params"] == look < row["whole_params"] == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_shoot_benchmark_runs_the_batch_path_and_compares_models(tmp_path):
+    from benchmarks.shoot import main as shoot
+
+    rep = shoot(["--smoke", "--models", "srpie-x2-fast-sr", "srpie-x2-fast-sr", "--json", str(tmp_path / "s.json")])
+    assert [r["model"] for r in rep["rows"]] == ["srpie-x2-fast-sr"] * 2
+    assert all(r["mp_s"] > 0 and r["split_seconds"]["enhance"] > 0 for r in rep["rows"])
+    assert rep["psnr_vs_baseline"][1] > 45  # the same model twice: the same look
+    assert (tmp_path / "s.json").is_file()

@@ -1,0 +1,121 @@
+"""A whole shoot end to end: decode, network, encode and metadata, as `srpie enhance` runs it.
+
+    python benchmarks/shoot.py --smoke                      # seconds: tiny photos, CI
+    python benchmarks/shoot.py --photos 4 --megapixels 2    # by hand
+    python benchmarks/shoot.py --models srpie-x2 srpie-x2-fast --device cuda --photos 20 --megapixels 24
+
+Each model (the first is the baseline, today's default) enhances the same synthetic shoot:
+camera-like JPEGs with EXIF, an ICC profile and detail at every scale, written at 2x as
+JPEG. The shoot goes through ``batch.enhance``, the code path of `srpie enhance`, so the
+figures include the work that is not the network: decode, tiling and blending, the check
+before the network, encode, the write and its verification. Printed per model: input MP/s
+of the whole shoot, where the time went (decode, network, encode: each photo's timings from
+the run's own report), and the ratio against the baseline measured in the same process.
+Outputs of each model are compared with the baseline's only when both are the same model
+(a precision or compile change): PSNR in dB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(ROOT))
+
+from srpie_cli import batch, defaults  # noqa: E402
+from srpie_cli.inference import Settings  # noqa: E402
+
+
+def make_shoot(folder: Path, photos: int, megapixels: float, seed: int = 0) -> float:
+    """``photos`` JPEGs of about ``megapixels`` each (3:2), with EXIF; returns the total MP."""
+    import piexif
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = int(round((megapixels * 1e6 * 1.5) ** 0.5 / 8)) * 8
+    h = int(round(w / 1.5 / 8)) * 8
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    exif = piexif.dump({"0th": {piexif.ImageIFD.Make: b"Canon", piexif.ImageIFD.Model: b"EOS R5"},
+                        "Exif": {piexif.ExifIFD.ExposureTime: (1, 125)}})
+    for i in range(photos):
+        base = 0.5 + 0.25 * np.sin(xx / (17 + i) + rng.random()) * np.cos(yy / (23 + i))
+        px = np.stack([base, base * 0.9 + 0.05, 1 - base * 0.8], -1)
+        px += rng.normal(0, 0.02, px.shape).astype(np.float32)
+        img = Image.fromarray((np.clip(px, 0, 1) * 255).astype(np.uint8))
+        img.save(folder / f"IMG_{i:04d}.jpg", quality=92, exif=exif)
+    return photos * w * h / 1e6
+
+
+def run_one(shoot: Path, out: Path, settings: Settings) -> dict:
+    t = time.perf_counter()
+    outcome = batch.enhance(inputs=[shoot], output=out, settings=settings)
+    seconds = time.perf_counter() - t
+    done = [r for r in outcome.results if r.status == "done"]
+    if len(done) != len(outcome.results):
+        raise SystemExit(f"{settings.model}: not every photo was done: {[r.reason for r in outcome.results]}")
+    mp = sum(r.megapixels for r in done)
+    split = {k: sum(r.timings.get(k, 0.0) for r in done) for k in ("decode", "enhance", "encode")}
+    return {"model": settings.model, "seconds": round(seconds, 3), "megapixels": round(mp, 3),
+            "mp_s": mp / seconds, "split_seconds": {k: round(v, 3) for k, v in split.items()}}
+
+
+def psnr_between(a: Path, b: Path) -> float:
+    scores = []
+    for f in sorted(a.glob("*.jpg")):
+        x = np.asarray(Image.open(f), dtype=np.float64)
+        y = np.asarray(Image.open(b / f.name), dtype=np.float64)
+        mse = float(np.mean((x - y) ** 2))
+        scores.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+    return float(min(scores))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=[defaults.MODEL, "srpie-x2-fast"],
+                    help="first: the baseline (default: today's default model)")
+    ap.add_argument("--photos", type=int, default=4)
+    ap.add_argument("--megapixels", type=float, default=2.0, help="input size of each photo")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", default="off", choices=("auto", "on", "off"))
+    ap.add_argument("--smoke", action="store_true", help="2 photos of 0.05 MP: checks the code path only")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.photos, args.megapixels = 2, 0.05
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        total = make_shoot(tmp / "shoot", args.photos, args.megapixels)
+        print(f"shoot: {args.photos} photos, {total:.2f} MP in all, device {args.device}")
+        rows = []
+        for i, name in enumerate(args.models):
+            s = Settings(model=name, device=args.device, threads=args.threads, compile=args.compile)
+            row = run_one(tmp / "shoot", tmp / f"out{i}", s)
+            rows.append(row)
+            sp = row["split_seconds"]
+            print(f"{name:18s} {row['mp_s']:.4g} input MP/s  {row['seconds']:.3g} s  "
+                  f"(decode {sp['decode']:.3g} s, network {sp['enhance']:.3g} s, encode {sp['encode']:.3g} s)")
+        base = rows[0]
+        ratios = {r["model"]: r["mp_s"] / base["mp_s"] for r in rows[1:]}
+        for name, ratio in ratios.items():
+            print(f"{name} against {base['model']}: {ratio:.3g}x")
+        same = [i for i, r in enumerate(rows[1:], 1) if r["model"] == base["model"]]
+        psnr = {i: psnr_between(tmp / "out0", tmp / f"out{i}") for i in same}
+    report = {"photos": args.photos, "megapixels_each": args.megapixels, "device": args.device, "rows": rows,
+              "ratios": ratios, "psnr_vs_baseline": psnr}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
