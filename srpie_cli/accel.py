@@ -6,8 +6,9 @@ itself (same outputs within float32 rounding). What it does, each kept because t
 
 * ``torch.compile`` (Inductor) with freezing: weights become constants, convolutions are
   prepacked for oneDNN in channels-last layout, and the cats, adds, activations and the
-  guided filter are fused into a few C++ loops instead of one memory pass each. About 3x
-  over eager PyTorch on a 2-core EPYC (the network is bound by memory traffic, not FLOPs).
+  guided filter are fused into a few C++ loops instead of one memory pass each: 1.9x the
+  network alone over eager PyTorch on a 2-core EPYC, 2.1x to 2.6x on a whole photo
+  (benchmarks/RESULTS.md; the network is bound by memory traffic, not FLOPs).
   Compiling costs seconds to a minute once per tile shape and process (Inductor caches
   kernels on disk), so it pays on a photo, not on a thumbnail. If compiling fails (no C++
   compiler, an unsupported op) the first call says why through ``on_fallback`` and the

@@ -19,7 +19,7 @@ RAW_JPEG = "raw"  # which file of a RAW+JPEG pair is enhanced: raw, jpeg or both
 
 DEVICE = "auto"  # CUDA when present, else the CPU
 # Tile side in input pixels. On a CPU a 192 px tile keeps a 64-channel feature map in cache
-# (9 MB; a 384 px tile's is 38 MB) and runs 1.4x faster per pixel (benchmarks/RESULTS.md);
+# (9 MB; a 384 px tile's is 38 MB) and runs 1.8x faster per pixel, eager (benchmarks/RESULTS.md);
 # on CUDA larger tiles fill the device.
 CPU_TILE = 192
 CUDA_TILE = 384
@@ -54,7 +54,7 @@ SHIPPED: dict[str, ShippedModel] = {
         ShippedModel("srpie-x2-sr", "srpie-x2-sr.pt", "upscale 2x only; colour and tone left as they are",
                      "srpie-x2-sr", "slow: the full network", False),
         ShippedModel("srpie-x2-fast", "srpie-x2-fast.pt", "upscale 2x and fix exposure, colour and tone",
-                     "srpie-x2-fast", "4.6x less arithmetic than srpie-x2", True),
+                     "srpie-x2-fast", "4.5x less arithmetic than srpie-x2", True),
         ShippedModel("srpie-x2-fast-sr", "srpie-x2-fast-sr.pt", "upscale 2x only; colour and tone left as they are",
                      "srpie-x2-fast-sr", "4.6x less arithmetic than srpie-x2-sr", False),
     ]

@@ -11,7 +11,7 @@ One module per block of the paper:
     DUNet(I^PE)       -> I^SRE   at scale x                          (Eq. 3, 13)
     (DUNet(I^PE, F)   -> I^SRE   with ``du_features``: see below)
 
-Readings of the ambiguous parts (see also the project README):
+Readings of the ambiguous parts (see also docs/network.md):
 
 * ``I_{i+d}`` is the channel concatenation of ``I`` and ``I_d`` (the pipeline text says
   "concatenation"; Eq. 6 prints a sum, which a convolution over the concatenation can learn).
