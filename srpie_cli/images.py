@@ -20,6 +20,7 @@ import errno
 import functools
 import io
 import os
+import stat
 import struct
 import tempfile
 import warnings
@@ -45,6 +46,7 @@ SUFFIXES: dict[str, str] = {
 }
 OUT_SUFFIX = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "webp": ".webp"}
 DEFAULT_MAX_MEGAPIXELS = defaults.MAX_MEGAPIXELS
+_PILLOW_CAP = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb limit, as shipped
 DEFAULT_QUALITY = defaults.QUALITY
 TMP_MARK = ".srpie-tmp"  # temporary output files: ".<name>.srpie-tmp<random>"
 
@@ -147,7 +149,11 @@ def read_photo(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     path = Path(path)
     kind = format_of(path)
     try:
-        with open(path, "rb") as f:  # unreadable files fail here, named as such
+        # unreadable files fail here, named as such; O_NONBLOCK: a FIFO opens without waiting
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SrpieError(f"{path}: not a regular file (a FIFO, socket or device)")
             if not f.read(1):
                 raise SrpieError(f"{path}: empty file (0 bytes)")
         if kind == "raw":
@@ -167,6 +173,9 @@ def read_photo(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
 
 def _read_pillow(path: Path, max_megapixels: float) -> Photo:
     notes: list[str] = []
+    # Pillow refuses images over twice its own cap (179 MP) before _check_size sees them:
+    # the cap follows --max-megapixels, which _check_size enforces with a clearer message
+    Image.MAX_IMAGE_PIXELS = max(int(max_megapixels * 1e6), _PILLOW_CAP)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -174,8 +183,12 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
                 _check_size(path, im.width, im.height, max_megapixels)
                 fmt = (im.format or "").lower()
                 im.load()  # before reading info: a PNG's eXIf chunk may follow its pixels
+                if fmt == "jpeg" and (damage := jpeg_damage(path)):
+                    raise SrpieError(f"{path}: corrupt JPEG data, the picture would be garbled ({damage})")
                 info = dict(im.info)
                 exif = metadata.parse_exif(info.get("exif"), notes)
+                if exif is None and info.get("exif"):  # piexif refused it: Pillow's reading still knows the orientation
+                    exif = metadata.pillow_exif(im.getexif(), notes)
                 icc = info.get("icc_profile")
                 xmp = metadata.xmp_bytes(info.get("xmp") or info.get("XML:com.adobe.xmp"))
                 irb = b"".join(d[len(metadata.PS_HEADER):] for m, d in getattr(im, "applist", [])
@@ -196,6 +209,71 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
         rgb, alpha = _png16(path, rgb, alpha, notes)
     return Photo(orient(rgb, o), orient(alpha, o) if alpha is not None else None, exif,
                  metadata.rgb_icc(icc, notes), xmp, fmt or "image", metadata.clean_irb(irb, notes), notes)
+
+
+def jpeg_damage(path: Path) -> str | None:
+    """What libjpeg-turbo says is wrong with the scan data of a JPEG that still decodes
+    ("Corrupt JPEG data: 23 extraneous bytes before marker 0xd9", "premature end of data
+    segment", "bad Huffman code"): Pillow hides these warnings and returns garbled pixels
+    (python-pillow/Pillow#9106). Read through simplejpeg's strict mode at 1/8 scale (the
+    whole scan is still entropy-decoded; a 12 MP photo costs about 0.03 s). None when the
+    scan is whole, when the problem is not in the scan data, or when simplejpeg is not
+    installed (the check is then skipped)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    data = path.read_bytes()
+    try:
+        space = {"Gray": "GRAY", "CMYK": "CMYK"}.get(simplejpeg.decode_jpeg_header(data)[2], "RGB")
+        simplejpeg.decode_jpeg(data, colorspace=space, strict=True, fastdct=True, fastupsample=True,
+                               min_factor=8, min_height=1, min_width=1)
+    except (ValueError, RuntimeError) as e:
+        msg = first_line(e)
+        return msg if msg.startswith(("Corrupt JPEG data", "Premature end of JPEG")) else None
+    return None
+
+
+def made_by_srpie(path: Path) -> bool:
+    """Whether the photo file at ``path`` is an output of srpie: every output names it in its
+    EXIF Software tag ("srpie <version>"; IFD0 of a TIFF). Reads the header only."""
+    kind = format_of(path)
+    try:
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                tag = tf.pages.first.tags.get(metadata.SOFTWARE_TAG)
+                software = tag.value if tag is not None else None
+        elif kind in ("jpeg", "webp", "png"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as im:
+                    raw = im.info.get("exif") if kind != "png" else _png_exif(path)
+            software = metadata.software_of(raw)
+        else:
+            return False
+    except Exception:  # unreadable, not an image: not one of srpie's
+        return False
+    if isinstance(software, bytes):
+        software = software.decode("latin-1")
+    return isinstance(software, str) and software.startswith("srpie ")
+
+
+def _png_exif(path: Path) -> bytes | None:
+    """The eXIf chunk of a PNG, read without decoding the pixels (Pillow's getexif would)."""
+    with open(path, "rb") as f:
+        f.seek(8)
+        while head := f.read(8):
+            if len(head) < 8:
+                return None
+            n, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                return f.read(n)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            f.seek(n + 4, os.SEEK_CUR)
+    return None
 
 
 def _png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -236,7 +314,7 @@ def _to_rgb(im: Image.Image, icc: bytes | None, notes: list[str]) -> tuple[np.nd
         if icc and icc[16:20] == b"CMYK":
             src = ImageCms.ImageCmsProfile(ImageCms.core.profile_frombytes(icc))
             im = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
-            notes.append("CMYK converted to sRGB with its ICC profile")
+            notes.append(f"CMYK converted to sRGB with its ICC profile {metadata.icc_name(icc)!r}")
             icc = None
         else:
             im = im.convert("RGB")
@@ -318,6 +396,7 @@ def _read_raw(path: Path, max_megapixels: float) -> Photo:
             s = raw.sizes
             w, h = (s.height, s.width) if s.flip in (5, 6) else (s.width, s.height)
             _check_size(path, w, h, max_megapixels)
+            _check_raw_data(path, s.raw_width * s.raw_height)
             rgb = raw.postprocess(use_camera_wb=True, output_bps=16, no_auto_bright=True,
                                   output_color=rawpy.ColorSpace.sRGB)
     except SrpieError:
@@ -326,6 +405,20 @@ def _read_raw(path: Path, max_megapixels: float) -> Photo:
         raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({first_line(e)})") from None
     exif, xmp = metadata.raw_metadata(path, notes)
     return Photo(np.ascontiguousarray(rgb), None, exif, srgb_profile(), xmp, "raw", notes=notes)
+
+
+RAW_MIN_BITS = 0.1  # bits a RAW file holds per pixel at the least; see _check_raw_data
+
+
+def _check_raw_data(path: Path, pixels: int) -> None:
+    """Refuse a RAW file too small to hold its pixels: metadata whose pixel data was cut off
+    or stripped (a 13 KB file that says 8 MP). LibRaw develops such files without an error,
+    into noise or black. Lossless RAW compressions (Huffman-coded differences) spend at
+    least one bit a pixel; a lossy DNG of a black frame stays above a tenth of a bit."""
+    size = path.stat().st_size
+    if size * 8 < pixels * RAW_MIN_BITS:
+        raise SrpieError(f"{path}: the RAW's pixel data is missing: {size / 1e3:.0f} KB cannot hold "
+                         f"{pixels / 1e6:.1f} MP (cut short, or metadata only)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -407,16 +500,46 @@ def verify(f, fmt: str) -> None:
                       "the disk may be full")
 
 
-def _tiff_whole(f, size: int) -> bool:
-    import tifffile
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8}
 
+
+def _tiff_whole(f, size: int) -> bool:
+    """IFD0, the Exif and GPS IFDs, every tag value and every strip of the TIFF in ``f`` lie
+    inside its ``size``: a file cut short anywhere, the EXIF appended last included, is not."""
     f.seek(0)
+    head = f.read(8)
+    if len(head) < 8 or head[:4] not in (b"II*\0", b"MM\0*"):
+        return False
+    bo = "<" if head[:2] == b"II" else ">"
+    ifd0 = struct.unpack(bo + "I", head[4:])[0]
+    todo, end = [ifd0], 8
+    while todo:
+        at = todo.pop()
+        f.seek(at)
+        raw = f.read(2)
+        if len(raw) < 2:
+            return False
+        n = struct.unpack(bo + "H", raw)[0]
+        entries = f.read(12 * n + 4)
+        if len(entries) < 12 * n + 4:
+            return False
+        end = max(end, at + 2 + 12 * n + 4)
+        for k in range(n):
+            tag, kind, count, value = struct.unpack(bo + "HHII", entries[12 * k:12 * k + 12])
+            if count * _TIFF_TYPE_SIZE.get(kind, 1) > 4:
+                end = max(end, value + count * _TIFF_TYPE_SIZE.get(kind, 1))
+            if at == ifd0 and tag in (34665, 34853):  # the Exif and GPS IFDs
+                todo.append(value)
     try:
+        import tifffile
+
+        f.seek(0)
         with tifffile.TiffFile(f) as tf:
             page = tf.pages.first
-            return all(o + n <= size for o, n in zip(page.dataoffsets, page.databytecounts))
+            end = max([end] + [o + n for o, n in zip(page.dataoffsets, page.databytecounts)])
     except Exception:
         return False
+    return end <= size
 
 
 def atomic_write(path: Path, fill: Callable, verify: Callable | None = None) -> None:
@@ -489,6 +612,12 @@ def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: byte
     im.save(f, format=fmt.upper(), **kw)
 
 
+def piexif_name(ifd: str, tag: int) -> str:
+    import piexif
+
+    return piexif.TAGS[ifd].get(tag, {}).get("name", f"0x{tag:04x}")
+
+
 def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes | None, notes: list[str]) -> None:
     """tifffile writes the pixels (8 or 16-bit, deflate) with IFD0's descriptive tags; the
     Exif and GPS IFDs are appended after it and their pointers patched in."""
@@ -506,6 +635,9 @@ def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes 
         if iptc := metadata.irb_iptc(photo.iptc):
             extratags.append((33723, 7, len(iptc), iptc, True))
     sub = {k: exif[k] for k in ("Exif", "GPS") if exif[k]}
+    if exif.get("Interop"):
+        names = ", ".join(piexif_name("Interop", t) for t in sorted(exif["Interop"]))
+        notes.append(f"EXIF Interop IFD ({names}) not carried into the TIFF")
     for name in sub:
         extratags.append((metadata.PLACEHOLDER[name], 4, 1, 0, True))  # patched below
     start = f.tell()

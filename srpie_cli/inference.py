@@ -125,9 +125,14 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     from srpie_cli.model import upsample_bicubic
     from srpie_cli.tiling import TileOptions, to_pixels, to_tensor, upscale
 
-    # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit
+    # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit.
+    # A photo that does not fill a tile both ways would be a shape of its own: it runs eager,
+    # so a folder of small photos of many sizes never compiles once per size.
+    compiled = getattr(model, "compiled", False)
+    if compiled and not fills_tile(photo.size, settings.tile, settings.overlap):
+        model, compiled = model.model, False
     opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
-                       fit=not getattr(model, "compiled", False))
+                       fit=not compiled)
     x = to_tensor(images.to_float(photo.pixels))
     y = upscale(model, x, opts, on_retry=on_retry)
     if not bool(torch.isfinite(y).all()):
@@ -144,3 +149,11 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
         a = torch.from_numpy(images.to_float(photo.alpha))[None, None]
         alpha = images.from_float(upsample_bicubic(a, model.scale)[0, 0].numpy(), photo.bits)
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
+
+
+def fills_tile(size: tuple[int, int], tile: int | None, overlap: int) -> bool:
+    """Whether a photo of ``size`` (w, h) is tiled with tiles of exactly ``tile`` on both
+    axes (``tiling.run_tiled`` pads each side by up to ``overlap``)."""
+    w, h = size
+    margin = min(overlap, h - 1, w - 1)
+    return bool(tile) and tile < w + 2 * margin and tile < h + 2 * margin

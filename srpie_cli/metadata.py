@@ -38,9 +38,39 @@ def parse_exif(raw: bytes | None, notes: list[str]) -> dict | None:
     try:
         d = piexif.load(raw if raw[:4] == b"Exif" or raw[:2] in (b"II", b"MM") else b"Exif\0\0" + raw)
     except (ValueError, KeyError, IndexError, TypeError, struct.error, piexif.InvalidImageDataError) as e:
-        notes.append(f"EXIF unreadable, not carried over ({type(e).__name__})")
+        notes.append(f"EXIF unreadable, not carried over ({type(e).__name__}: {first_line(e)})")
         return None
     return d
+
+
+def software_of(raw: bytes | None):
+    """IFD0's Software value of raw EXIF bytes, or None."""
+    if not raw:
+        return None
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.load(raw if raw[:4] == b"Exif" else b"Exif\0\0" + raw)
+    return exif.get(SOFTWARE_TAG)
+
+
+def pillow_exif(exif, notes: list[str]) -> dict | None:
+    """IFD0 of an EXIF block piexif refused, as far as Pillow's more forgiving reader got
+    (``Image.getexif()``): the orientation above all, so the photo still comes out upright;
+    the note says the rest of the block is lost. None when Pillow read nothing either."""
+    ifd0 = {}
+    for tag, value in dict(exif or {}).items():
+        info = piexif.TAGS["Image"].get(tag)
+        if info is None or tag in _LAYOUT_TAGS:
+            continue
+        if info["type"] == 2 and isinstance(value, str):
+            value = value.encode("utf-8")
+        ifd0[tag] = value
+    if not ifd0:
+        return None
+    kept = ", ".join(piexif.TAGS["Image"][t]["name"] for t in sorted(ifd0))
+    notes.append(f"EXIF partly unreadable: kept only {kept} from the main IFD; the Exif and GPS IFDs are lost")
+    return {"0th": ifd0, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
 
 
 def orientation_of(exif: dict | None) -> int:
@@ -51,15 +81,27 @@ def orientation_of(exif: dict | None) -> int:
 
 
 def rgb_icc(icc: bytes | None, notes: list[str]) -> bytes | None:
-    """Keep an ICC profile only when it describes RGB data (a grey or CMYK profile would
-    mislabel the RGB output)."""
+    """Keep an ICC profile only when it describes RGB data (a grey, CMYK or Lab profile
+    would mislabel the RGB output); the note names the profile dropped."""
     if not icc:
         return None
     if len(icc) < 20 or icc[16:20] != b"RGB ":
-        notes.append(f"ICC profile for {icc[16:20].decode('latin-1').strip() or 'unknown'} data dropped "
-                     "(the output is RGB)")
+        space = icc[16:20].decode("latin-1").strip() if len(icc) >= 20 else ""
+        notes.append(f"ICC profile {icc_name(icc)!r} for {space or 'unknown'} data dropped (the output is RGB)")
         return None
     return icc
+
+
+def icc_name(icc: bytes) -> str:
+    """An ICC profile's description ("sRGB IEC61966-2.1", "U.S. Web Coated (SWOP) v2")."""
+    import io
+
+    from PIL import ImageCms
+
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.profile_description.strip() or "unnamed"
+    except Exception:
+        return "unreadable"
 
 
 def clean_exif(exif: dict | None, width: int, height: int, notes: list[str] | None = None) -> dict:
@@ -69,29 +111,32 @@ def clean_exif(exif: dict | None, width: int, height: int, notes: list[str] | No
     EXIF gets those four tags alone, so every output names srpie and its size."""
     exif = exif or {}
     out: dict = {"0th": {}, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
-    dropped = 0
+    unknown, malformed = [], []
     for ifd in ("0th", "Exif", "GPS", "Interop"):
         kind = "Image" if ifd == "0th" else ifd
         for tag, value in (exif.get(ifd) or {}).items():
             if not isinstance(tag, int) or tag not in piexif.TAGS[kind]:
-                dropped += 1
+                unknown.append(f"{ifd} 0x{tag:04x}" if isinstance(tag, int) else f"{ifd} {tag!r}")
                 continue
             if ifd == "0th" and (tag in _LAYOUT_TAGS or 50000 <= tag < 53000):  # 50xxx-52xxx: DNG private
                 continue
             if ifd == "Exif" and tag == piexif.ExifIFD.InteroperabilityTag:
-                continue
+                continue  # a pointer: piexif writes it when the Interop IFD is kept
             try:
-                piexif.dump({ifd: {tag: value}})
-            except (ValueError, TypeError, struct.error, KeyError):
-                dropped += 1
+                piexif.dump({"Exif": {}, ifd: {tag: value}})  # an Interop IFD hangs off the Exif IFD
+            except (ValueError, TypeError, struct.error, KeyError, NameError):  # NameError: piexif on odd types
+                malformed.append(piexif.TAGS[kind][tag]["name"])
                 continue
             out[ifd][tag] = value
     out["0th"][ORIENTATION_TAG] = 1
     out["0th"][SOFTWARE_TAG] = f"srpie {__version__}".encode()
     out["Exif"][_PIXEL_X] = int(width)
     out["Exif"][_PIXEL_Y] = int(height)
-    if dropped and notes is not None:
-        notes.append(f"{dropped} unknown or malformed EXIF tags not carried over")
+    if notes is not None:
+        if malformed:
+            notes.append(f"malformed EXIF tags not carried over: {', '.join(malformed)}")
+        if unknown:
+            notes.append(f"EXIF tags unknown to the writer not carried over: {', '.join(unknown)}")
     return out
 
 
