@@ -5,7 +5,19 @@
 * Existing outputs are skipped (resume after a crash); every write is atomic, so an output
   that exists is complete.
 * One bad file is reported with its reason and the batch goes on; a full disk stops it.
-* A lock file in each output folder keeps two runs (two cron jobs) apart.
+* A lock on each output folder keeps two runs (two cron jobs) apart; nothing of it stays
+  in the folder (``OutputLock``).
+* Only regular files are photos: a FIFO, a socket or a device named ``*.jpg`` is named and
+  passed over (opening one would wait forever), and so is a symlink loop.
+* srpie's own outputs are never taken as inputs: a folder run passes over every photo whose
+  metadata names srpie as its software (an earlier single-file run's ``<folder>_srpie/``
+  below the folder, an ``-o`` inside it).
+* A file that failed is not worked on again while it is unchanged (same size and
+  modification time): the next run lists it as failed before, without decoding it;
+  ``retry_failed`` tries again. The memory of failures lives outside the output folder, in
+  the user's state folder (``state_dir``), so the delivery folder holds only photos.
+* A RAW+JPEG pair is one frame: the file ``raw_jpeg`` chooses is enhanced, and when it
+  cannot be decoded the other one is enhanced instead.
 * Decoding of the next photo and encoding of the previous one run in worker threads while
   the network works on the current one.
 
@@ -16,13 +28,15 @@ and reports through a ``Listener``; ``enhance()`` is both, with the lock and the
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
+import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +68,7 @@ class Job:
     src: Path
     dst: Path
     fmt: str  # output format
+    fallback: Job | None = None  # the other file of a RAW+JPEG pair: enhanced if ``src`` cannot be decoded
 
 
 @dataclass
@@ -72,6 +87,7 @@ class Plan:
     jobs: list[Job]
     results: list[FileResult]  # decided without work: skipped and failed entries
     out_roots: list[Path]
+    root_of: dict[Path, Path] = field(default_factory=dict)  # each job's input -> its output root
 
 
 class Listener:
@@ -99,9 +115,10 @@ PREVIEW_SUFFIX = "_srpie_preview"  # srpie preview's default sheet name: <photo>
 
 
 def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path]:
-    """Files below ``root``, sorted, recursively; hidden entries and ``skip`` folders left out.
-    Folder symlinks are followed once (a loop ends there); an unreadable folder is recorded
-    in ``errors`` and passed over."""
+    """Photo files below ``root``, sorted, recursively; hidden entries and ``skip`` folders
+    left out. Folder symlinks are followed once (a loop ends there). What cannot be a photo
+    is recorded in ``errors`` and passed over: an unreadable folder, a photo name on
+    something that is not a regular file (a FIFO would hang the run), a symlink loop."""
     seen: set[tuple[int, int]] = set()
 
     def visit(folder: Path) -> Iterator[Path]:
@@ -125,12 +142,39 @@ def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path
             except OSError:
                 is_dir = False
             if is_dir:
-                if p.resolve() not in skip:
+                if _resolved(p) not in skip:
                     yield from visit(p)
             elif images.format_of(p) and not is_preview_sheet(p):
-                yield p
+                if (why := not_a_photo_file(p)) is not None:
+                    errors.append(FileResult(str(p), "failed", reason=why))
+                else:
+                    yield p
 
     yield from visit(root)
+
+
+def not_a_photo_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a photo file (None when it is a regular file): only
+    regular files are opened, since opening a FIFO or a device waits for a writer forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop (the link points back to itself), skipped"
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+        "a device" if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "not a file"
+    return f"not a regular file ({kind}), skipped"
+
+
+def _resolved(p: Path) -> Path:
+    """``p.resolve()``, or ``p`` made absolute where a symlink loop stops resolving."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return p.absolute()
 
 
 def is_preview_sheet(path: Path) -> bool:
@@ -169,55 +213,104 @@ def output_roots(inputs: Sequence[Path], output: Path | None, raw_jpeg: str = "r
 
 
 def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = None,
-         raw_jpeg: str = "raw", overwrite: bool = False) -> Plan:
+         raw_jpeg: str = "raw", overwrite: bool = False,
+         failed_before: Callable[[Path], str | None] | None = None) -> Plan:
     """Decide every output path, which files to skip and why. Raises UsageError for bad
-    paths; the output folders are not created here (see ``prepare_outputs``)."""
+    paths; the output folders are not created here (see ``prepare_outputs``).
+    ``failed_before(file)``: the reason a file failed in an earlier run if it is unchanged
+    since, else None; such a file is listed as failed without being decoded again."""
     inputs = [Path(p) for p in inputs]
     roots = output_roots(inputs, output, raw_jpeg)
-    skip = {r.resolve() for r in roots}
-
     results: list[FileResult] = []
-    sources: list[tuple[Path, Path]] = []  # (file, its output root / relative folder)
-    for p, r in zip(inputs, roots):
-        if p.is_dir():
-            for f in walk(p, skip, results):
-                sources.append((f, r / f.parent.relative_to(p)))
-        elif images.format_of(p):
-            sources.append((p, r))
-        else:
-            results.append(FileResult(str(p), "failed", reason=f"unsupported file type {p.suffix or '(none)'!r}"))
+    sources = _sources(inputs, roots, results)
 
-    # RAW+JPEG pairs: the same name in the same folder
-    kinds: dict[tuple[Path, str], set[str]] = {}
-    for f, _ in sources:
-        kinds.setdefault((f.parent, f.stem.lower()), set()).add(images.format_of(f))
+    # RAW+JPEG pairs: the same name in the same folder; the file not chosen is the fallback
+    kinds: dict[tuple[Path, str], dict[str, tuple[Path, Path, Path]]] = {}
+    for f, out_dir, root in sources:
+        kinds.setdefault((f.parent, f.stem.lower()), {})[images.format_of(f)] = (f, out_dir, root)
     drop = {"raw": "jpeg", "jpeg": "raw"}.get(raw_jpeg)
 
-    input_set = {f.resolve() for f, _ in sources}
+    input_set = {_resolved(f) for f, _, _ in sources}
     claimed: dict[str, Path] = {}
-    jobs: list[Job] = []
-    for f, out_dir in sources:
+    p = Plan([], results, roots)
+
+    def job_for(f: Path, out_dir: Path) -> Job | None:
+        """The job of ``f``, or None with its result recorded (skipped or failed)."""
         kind = images.format_of(f)
-        pair = kinds[(f.parent, f.stem.lower())]
-        if drop and kind == drop and {"raw", "jpeg"} <= pair:
-            keep = "RAW" if raw_jpeg == "raw" else "JPEG"
-            results.append(FileResult(str(f), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} (--raw-jpeg to choose)"))
-            continue
         ofmt = images.output_format(kind, fmt)
         dst = out_dir / (f.stem + _out_suffix(f, kind, ofmt))
         key = str(dst).lower()
+        why = None
         if key in claimed:
-            results.append(FileResult(str(f), "failed", output=str(dst), reason=f"output name collides with the output of {claimed[key]}"))
-            continue
-        if dst.resolve() in input_set:
-            results.append(FileResult(str(f), "failed", output=str(dst), reason="output would overwrite an input photo"))
-            continue
+            why = f"output name collides with the output of {claimed[key]}"
+        elif _resolved(dst) in input_set:
+            why = "output would overwrite an input photo"
+        elif overwrite and dst.is_file() and not images.made_by_srpie(dst):
+            why = (f"{dst} is in the way and was not written by srpie: refused to replace it "
+                   "(move it, or give another -o)")
+        if why:
+            results.append(FileResult(str(f), "failed", output=str(dst), reason=why))
+            return None
         claimed[key] = f
         if not overwrite and dst.is_file() and dst.stat().st_size > 0:
             results.append(FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)"))
-            continue
-        jobs.append(Job(f, dst, ofmt))
-    return Plan(jobs, results, roots)
+            return None
+        if failed_before and (reason := failed_before(f)):
+            results.append(FileResult(str(f), "failed", reason=f"failed before, unchanged since: {reason} "
+                                      "(--retry-failed to try again)"))
+            return None
+        return Job(f, dst, ofmt)
+
+    for f, out_dir, root in sources:
+        kind = images.format_of(f)
+        pair = kinds[(f.parent, f.stem.lower())]
+        if drop and kind == drop and {"raw", "jpeg"} <= pair.keys():
+            continue  # planned with the file it falls back for
+        job = job_for(f, out_dir)
+        other = pair.get(drop) if drop and kind != drop and {"raw", "jpeg"} <= pair.keys() else None
+        if other is not None:
+            keep = "RAW" if raw_jpeg == "raw" else "JPEG"
+            if job is None and p.results[-1].status == "failed" and p.results[-1].reason.startswith("failed before"):
+                job = job_for(other[0], other[1])  # the chosen file is known bad: the other one now
+                if job is not None:
+                    p.root_of[job.src] = other[2]
+                    p.jobs.append(job)
+                continue
+            if job is None:
+                results.append(FileResult(str(other[0]), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} "
+                                          "(--raw-jpeg to choose)"))
+                continue
+            fb = job_for(other[0], other[1])
+            if fb is None:
+                results.pop()  # the pair's other output exists or collides: no fallback, only the skip
+                results.append(FileResult(str(other[0]), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} "
+                                          "(--raw-jpeg to choose)"))
+            else:
+                p.root_of[fb.src] = other[2]
+            job = Job(job.src, job.dst, job.fmt, fb)
+        if job is not None:
+            p.root_of[job.src] = root
+            p.jobs.append(job)
+    return p
+
+
+def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
+    """(photo file, its output folder, its output root) for every input; what cannot be a
+    photo recorded in ``results``. Folder runs pass over srpie's own outputs."""
+    skip = {_resolved(r) for r in roots}
+    sources: list[tuple[Path, Path, Path]] = []
+    for p, r in zip(inputs, roots):
+        if p.is_dir():
+            for f in walk(p, skip, results):
+                if not images.made_by_srpie(f):  # an earlier run's output below the folder
+                    sources.append((f, r / f.parent.relative_to(p), r))
+        elif not images.format_of(p):
+            results.append(FileResult(str(p), "failed", reason=f"unsupported file type {p.suffix or '(none)'!r}"))
+        elif (why := not_a_photo_file(p)) is not None:
+            results.append(FileResult(str(p), "failed", reason=why))
+        else:
+            sources.append((p, r, r))
+    return sources
 
 
 def prepare_outputs(roots: Sequence[Path]) -> None:
@@ -233,57 +326,150 @@ def prepare_outputs(roots: Sequence[Path]) -> None:
 
 
 class OutputLock:
-    """An exclusive lock on each output folder (a ``.srpie.lock`` file holding the pid).
-    The OS drops it when the process dies, so a crash never leaves a stale lock."""
+    """An exclusive lock on each output folder, so two runs (two cron jobs) never work on one.
+
+    Where the OS allows (Linux, macOS: ``flock`` on the folder itself) nothing is written
+    into the folder, which is what a client receives. Elsewhere (Windows, network file
+    systems that refuse ``flock`` on a folder) a ``.srpie.lock`` file is locked instead and
+    removed when the run ends: a run that opened it just before it was removed finds its
+    lock on a file no longer in place and tries again, so two runs never both hold one.
+    Either lock dies with the process: a crash never leaves a stale lock. Nothing waits:
+    a held lock is a UsageError at once."""
 
     def __init__(self, roots: Sequence[Path]):
         self.roots = sorted(dict.fromkeys(r.resolve() for r in roots))
-        self.files: list = []
+        self.held: list[tuple[int, Path | None]] = []  # (fd, lock file to remove or None)
 
     def __enter__(self) -> OutputLock:
         try:
             for r in self.roots:
-                path = r / LOCK_NAME
-                f = open(path, "a+")
-                if not _try_lock(f):
-                    f.seek(0)
-                    holder = f.read().strip() or "unknown"
-                    f.close()
-                    raise UsageError(f"{r}: another srpie run ({holder}) is working on this output folder; "
-                                     "try again when it has finished")
-                f.seek(0)
-                f.truncate()
-                f.write(f"pid {os.getpid()} since {datetime.now().isoformat(timespec='seconds')}")
-                f.flush()
-                self.files.append(f)
+                self.held.append(_lock_folder(r))
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for f in self.files:
-            f.close()  # closing releases the lock
-        self.files = []
+        for fd, path in reversed(self.held):
+            if path is not None:
+                path.unlink(missing_ok=True)  # removed while still held: see the class docstring
+            os.close(fd)  # closing releases the lock
+        self.held = []
 
 
-def _try_lock(f) -> bool:
+def _busy(r: Path) -> UsageError:
+    return UsageError(f"{r}: another srpie run is working on this output folder; try again when it has finished")
+
+
+def _lock_folder(r: Path) -> tuple[int, Path | None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    if fcntl is not None:
+        fd = os.open(r, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, None
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(r) from None
+        except OSError:  # this file system cannot lock a folder: a lock file instead
+            os.close(fd)
+    path = r / LOCK_NAME
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise _busy(r)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd, path
+        os.close(fd)  # locked a file the run before removed as we opened it: again
+    raise _busy(r)
+
+
+def _try_lock(fd: int) -> bool:
     try:
         import fcntl
     except ImportError:  # Windows
         import msvcrt
 
         try:
-            f.seek(0)
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             return True
         except OSError:
             return False
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except OSError:
         return False
+
+
+def state_dir() -> Path:
+    """Where srpie remembers what failed: ``$XDG_STATE_HOME/srpie`` (``~/.local/state/srpie``),
+    outside any output folder, so a delivery folder holds nothing but photos."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "srpie"
+
+
+class Failures:
+    """The files that failed in earlier runs into one output root, each with its size and
+    modification time: while both are unchanged, the file is not worked on again."""
+
+    def __init__(self, root: Path):
+        key = hashlib.sha256(os.fsencode(str(_resolved(root)))).hexdigest()[:20]
+        self.path = state_dir() / f"failed-{key}.json"
+        self.root = root
+        try:
+            doc = json.loads(self.path.read_bytes())
+            self.files: dict[str, dict] = dict(doc.get("files", {}))
+        except (OSError, ValueError, AttributeError, TypeError):
+            self.files = {}
+
+    @staticmethod
+    def _key(f: Path) -> tuple[str, list[int]] | None:
+        try:
+            st = os.stat(f)
+        except OSError:
+            return None
+        return str(_resolved(f)), [st.st_size, st.st_mtime_ns]
+
+    def reason(self, f: Path) -> str | None:
+        """Why ``f`` failed before, if it is unchanged since."""
+        k = self._key(f)
+        entry = self.files.get(k[0]) if k else None
+        return entry["reason"] if entry and entry.get("stat") == k[1] else None
+
+    def update(self, results: Sequence[FileResult], failed_decoding: set[str]) -> None:
+        """Forget files that are done; remember the files whose own content failed them."""
+        for r in results:
+            k = self._key(Path(r.input))
+            if k is None:
+                continue
+            if r.input in failed_decoding:
+                self.files[k[0]] = {"stat": k[1], "reason": r.reason}
+            elif r.status == "done":
+                self.files.pop(k[0], None)
+        try:
+            if not self.files:
+                self.path.unlink(missing_ok=True)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = _json_bytes({"output": str(self.root), "files": self.files})
+            images.atomic_write(self.path, lambda f: f.write(data))
+        except OSError:
+            pass  # a memory of failures only saves time: never fail a run over it
+
+
+def _json_bytes(doc) -> bytes:
+    """JSON as UTF-8. A file name that is not UTF-8 (undecodable bytes, held by Python as
+    lone surrogates) is written as its JSON escape, which Python reads back to the same name."""
+    return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -299,16 +485,18 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- the work
 
-def estimate_megapixels(jobs: Sequence[Job], enough: float = defaults.COMPILE_MIN_MP) -> float:
+def estimate_megapixels(jobs: Sequence[Job], enough: float = defaults.COMPILE_MIN_MP, min_side: int = 0) -> float:
     """Input megapixels of the jobs from their headers (RAW: from the file size, about 1 MB a
-    megapixel), stopping once ``enough`` is reached."""
+    megapixel), stopping once ``enough`` is reached. Photos with a side under ``min_side``
+    are not counted: a compiled network runs them eager (``inference.enhance_photo``)."""
     from PIL import Image
 
     total = 0.0
     for job in jobs:
         try:
             with Image.open(job.src) as im:
-                total += im.width * im.height / 1e6
+                if min(im.size) >= min_side:
+                    total += im.width * im.height / 1e6
         except Exception:
             try:
                 total += job.src.stat().st_size / 1e6
@@ -337,40 +525,126 @@ def _reason(e: BaseException, path: Path | None = None) -> str:
 
 
 def run(p: Plan, settings: Settings, listener: Listener | None = None,
-        results: list[FileResult] | None = None) -> list[FileResult]:
+        results: list[FileResult] | None = None, failed_decoding: set[str] | None = None) -> list[FileResult]:
     """Enhance every job of the plan; returns one result per file (the plan's own first),
-    appended to ``results`` as they come, so an interrupted run still knows what it did."""
+    appended to ``results`` as they come, so an interrupted run still knows what it did.
+    ``failed_decoding`` collects the inputs whose own content failed them (for ``Failures``)."""
     listener = listener or Listener()
     results = [] if results is None else results
     results.extend(p.results)
     for r in p.results:
         listener.file_done(r)
-    mp = estimate_megapixels(p.jobs) if settings.compile == "auto" else 0.0
+    min_side = settings.tile if settings.tile is not None else defaults.CPU_TILE
+    mp = estimate_megapixels(p.jobs, min_side=min_side) if settings.compile == "auto" else 0.0
     enhancer = load(settings, listener.warn, mp)
-    settings = enhancer.settings
-    listener.start(len(p.jobs), enhancer.meta, str(enhancer.device))
+    listener.start(len(p.jobs) + sum(j.fallback is not None for j in p.jobs), enhancer.meta, str(enhancer.device))
+    _Runner(enhancer, listener, results, failed_decoding if failed_decoding is not None else set()).go(p.jobs)
+    return results
 
-    def decode(job: Job) -> tuple[Photo, float]:
-        """Decode, and check that the output can be written, before the network runs."""
+
+class _Runner:
+    """One run's pipeline: the next photos decode in a worker thread while the network works
+    on the current one, and the previous ones encode behind it."""
+
+    def __init__(self, enhancer, listener: Listener, results: list[FileResult], failed_decoding: set[str]):
+        self.enhancer, self.settings, self.listener = enhancer, enhancer.settings, listener
+        self.results, self.failed_decoding = results, failed_decoding
+        self.decoding: deque[tuple[Job, Future]] = deque()
+        self.writing: deque[tuple[FileResult, Job, Future]] = deque()
+        self.prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
+        self.stop: str | None = None
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="srpie-io")
+
+    def settle(self, res: FileResult) -> None:
+        self.results.append(res)
+        self.listener.file_done(res)
+
+    def decode(self, job: Job) -> tuple[Job, Photo | None, float, list[FileResult]]:
+        """Decode, and check that the output can be written, before the network runs. Returns
+        the job decoded (a RAW+JPEG pair's other file when the chosen one cannot be), its
+        photo (None when nothing could be), seconds, and the failures met on the way."""
+        failures: list[FileResult] = []
+        for j in (job, job.fallback):
+            if j is None:
+                break
+            t = time.perf_counter()
+            try:
+                photo = self.enhancer.decode(j.src)
+                images.check_writable(j.dst, photo, j.fmt, self.settings.quality)
+            except FILE_ERRORS as e:
+                failures.append(FileResult(str(j.src), "failed", reason=_reason(e, j.src)))
+                if not isinstance(e, (OSError, MemoryError)) and "cannot read (" not in str(e):
+                    self.failed_decoding.add(str(j.src))
+                continue
+            if failures:
+                failures[0].reason += f"; {j.src.name}, the other file of its RAW+JPEG pair, is enhanced instead"
+            return j, photo, time.perf_counter() - t, failures
+        if len(failures) == 2:
+            failures[0].reason += "; the other file of its RAW+JPEG pair failed too"
+        return job, None, 0.0, failures
+
+    def encode(self, job: Job, photo: Photo) -> tuple[list[str], float]:
         t = time.perf_counter()
-        photo = enhancer.decode(job.src)
-        images.check_writable(job.dst, photo, job.fmt, settings.quality)
-        return photo, time.perf_counter() - t
-
-    prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
-
-    def encode(job: Job, photo: Photo) -> tuple[list[str], float]:
-        t = time.perf_counter()
-        notes = images.write_photo(job.dst, photo, job.fmt, settings.quality)
+        notes = images.write_photo(job.dst, photo, job.fmt, self.settings.quality)
         return notes, time.perf_counter() - t
 
-    todo = deque(p.jobs)
-    decoding: deque[tuple[Job, Future]] = deque()
-    writing: deque[tuple[FileResult, Job, Future]] = deque()
-    stop: str | None = None
+    def go(self, jobs: Sequence[Job]) -> None:
+        todo = deque(jobs)
+        try:
+            while todo or self.decoding:
+                while todo and len(self.decoding) < PREFETCH and self.stop is None:
+                    job = todo.popleft()
+                    self.decoding.append((job, self.pool.submit(self.decode, job)))
+                if not self.decoding:
+                    break
+                job, fut = self.decoding.popleft()
+                self.enhance(job, *fut.result())
+                while self.writing and (self.writing[0][2].done() or len(self.writing) > WRITE_BACKLOG):
+                    self.finish_write(self.writing.popleft())
+                if self.stop:
+                    break
+            while self.writing:
+                self.finish_write(self.writing.popleft())
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.stop:
+            for job in [j for j, _ in self.decoding] + list(todo):
+                for j in (job, job.fallback):
+                    if j is not None:
+                        self.settle(FileResult(str(j.src), "failed", reason=f"not started: the batch stopped ({self.stop})"))
 
-    def finish_write(item) -> None:
-        nonlocal stop
+    def enhance(self, job: Job, j: Job, photo: Photo | None, dt: float, failures: list[FileResult]) -> None:
+        """The network on one decoded photo, and its write queued."""
+        for r in failures:
+            self.settle(r)
+        if photo is None:
+            return
+        if j is job and job.fallback is not None:
+            self.settle(FileResult(str(job.fallback.src), "skipped", reason="RAW+JPEG pair: the other file "
+                                   f"({job.src.name}) is enhanced (--raw-jpeg to choose)"))
+        res = FileResult(str(j.src), "failed", output=None, megapixels=round(photo.megapixels, 3))
+        res.timings["decode"] = round(dt, 3)
+        res.notes += photo.notes  # what the decoder noted reaches the log and the report
+        try:
+            t = time.perf_counter()
+            out = self.enhancer.enhance(photo, on_retry=res.notes.append)
+            res.timings["enhance"] = round(time.perf_counter() - t, 3)
+            del photo
+            folder = j.dst.parent
+            if folder not in self.prepared:
+                folder.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(folder)
+                self.prepared.add(folder)
+        except FILE_ERRORS as e:
+            res.reason = _reason(e, j.src)
+            self.settle(res)
+            return
+        self.writing.append((res, j, self.pool.submit(self.encode, j, out)))
+
+    def finish_write(self, item: tuple[FileResult, Job, Future]) -> None:
         res, job, fut = item
         try:
             notes, dt = fut.result()
@@ -380,74 +654,22 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         except FILE_ERRORS as e:
             res.status, res.reason = "failed", f"cannot write {job.dst}: {_reason(e, job.dst)}"
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                stop = "disk full"
-        results.append(res)
-        listener.file_done(res)
+                self.stop = "disk full"
+        self.settle(res)
 
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="srpie-io")
-    try:
-        while todo or decoding:
-            while todo and len(decoding) < PREFETCH and stop is None:
-                job = todo.popleft()
-                decoding.append((job, pool.submit(decode, job)))
-            if not decoding:
-                break
-            job, fut = decoding.popleft()
-            res = FileResult(str(job.src), "failed", output=None)
-            try:
-                photo, dt = fut.result()
-                res.megapixels = round(photo.megapixels, 3)
-                res.timings["decode"] = round(dt, 3)
-                res.notes += photo.notes  # what the decoder noted reaches the log and the report
-                t = time.perf_counter()
-                out = enhancer.enhance(photo, on_retry=res.notes.append)
-                res.timings["enhance"] = round(time.perf_counter() - t, 3)
-                del photo
-            except FILE_ERRORS as e:
-                res.reason = _reason(e, job.src)
-                results.append(res)
-                listener.file_done(res)
-                continue
-            if job.dst.parent not in prepared:
-                try:
-                    job.dst.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    res.reason = f"cannot create {job.dst.parent}: {_reason(e)}"
-                    results.append(res)
-                    listener.file_done(res)
-                    continue
-                remove_stale_temporaries(job.dst.parent)
-                prepared.add(job.dst.parent)
-            writing.append((res, job, pool.submit(encode, job, out)))
-            del out
-            while writing and (writing[0][2].done() or len(writing) > WRITE_BACKLOG):
-                finish_write(writing.popleft())
-            if stop:
-                break
-        while writing:
-            finish_write(writing.popleft())
-    except BaseException:
-        for _, f in decoding:
+    def abort(self) -> None:
+        """Interrupted: writes in flight end complete or removed, queued ones are reported."""
+        for _, f in self.decoding:
             f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)  # writes in flight end complete or removed
-        while writing:  # every write has ended (complete, or removed) or never started
-            item = writing.popleft()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        while self.writing:  # every write has ended (complete, or removed) or never started
+            item = self.writing.popleft()
             if item[2].cancelled():
                 res = item[0]
                 res.status, res.reason = "interrupted", "not done: the run was interrupted"
-                results.append(res)
+                self.results.append(res)
             else:
-                finish_write(item)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if stop:
-        left = [j for j, _ in decoding] + list(todo)
-        for job in left:
-            r = FileResult(str(job.src), "failed", reason=f"not started: the batch stopped ({stop})")
-            results.append(r)
-            listener.file_done(r)
-    return results
+                self.finish_write(item)
 
 
 # ----------------------------------------------------------------------------- all of it
@@ -468,39 +690,94 @@ class Outcome:
 
 def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Settings = Settings(),
             fmt: str | None = None, raw_jpeg: str = "raw", overwrite: bool = False,
-            report: Path | None = None, listener: Listener | None = None) -> Outcome:
-    """Plan, check the output folders, lock them, run, and write the report (also when
+            report: Path | None = None, listener: Listener | None = None, retry_failed: bool = False) -> Outcome:
+    """Check everything that can be refused (paths, the report, the model, the device), then
+    create and lock the output folders, plan, run, and write the report (also when
     interrupted: SIGINT and SIGTERM raise ``Interrupted`` after the report is written)."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
     inputs = [Path(i) for i in inputs]
     roots = output_roots(inputs, output, raw_jpeg)
-    if report is not None:
-        report = Path(report)
-        if not report.parent.is_dir():
-            raise UsageError(f"{report}: its folder does not exist")
+    report = check_report(Path(report), inputs) if report is not None else None
+    check_settings(settings)
     prepare_outputs(roots)
+    if report is not None:
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{report}: its folder cannot be created ({e.strerror or e})") from None
     results: list[FileResult] = []
     interrupted: Interrupted | None = None
+    failed_decoding: set[str] = set()
+    memory = {r: Failures(r) for r in dict.fromkeys(roots)}
     with OutputLock(roots), _signals_raise():
         # planned under the lock: what a run that just finished wrote is skipped, not redone
-        p = plan(inputs, output, fmt, raw_jpeg, overwrite)
+        p = plan(inputs, output, fmt, raw_jpeg, overwrite,
+                 failed_before=None if retry_failed else _recall(memory, inputs, roots))
         try:
-            run(p, settings, listener, results)
+            run(p, settings, listener, results, failed_decoding)
         except Interrupted as e:
             interrupted = e
         except KeyboardInterrupt:
             interrupted = Interrupted(signal.SIGINT)
+        for root, m in memory.items():
+            m.update([r for r in results if p.root_of.get(Path(r.input), root) == root], failed_decoding)
     if interrupted:
         known = {r.input for r in results}
         results += [FileResult(str(j.src), "interrupted", reason="not done: the run was interrupted")
-                    for j in p.jobs if str(j.src) not in known]
+                    for job in p.jobs for j in (job, job.fallback) if j is not None and str(j.src) not in known]
     outcome = Outcome(results, time.perf_counter() - t0, interrupted and str(interrupted))
     if report is not None:
         write_report(report, outcome, settings, started, inputs)
     if interrupted:
         raise interrupted
     return outcome
+
+
+def _recall(memory: dict[Path, Failures], inputs: Sequence[Path], roots: Sequence[Path]) -> Callable[[Path], str | None]:
+    """``plan``'s ``failed_before``: the memory of the output root the file goes to."""
+    by_input = [(_resolved(i), memory[r]) for i, r in zip(inputs, roots)]
+
+    def failed_before(f: Path) -> str | None:
+        rf = _resolved(f)
+        for i, m in by_input:
+            if rf == i or i in rf.parents:
+                return m.reason(f)
+        return None
+
+    return failed_before
+
+
+def check_report(report: Path, inputs: Sequence[Path]) -> Path:
+    """The report may replace only an earlier srpie report: never an input photo or any
+    other file that is in the way. UsageError before any work."""
+    if report.is_dir():
+        raise UsageError(f"{report}: is a folder; --report wants a file name")
+    if any(_resolved(report) == _resolved(i) for i in inputs):
+        raise UsageError(f"{report}: is an input; --report would overwrite it")
+    if report.exists():
+        try:
+            with open(report, "rb") as f:
+                doc = json.loads(f.read(64 << 20))
+            ok = isinstance(doc, dict) and "srpie" in doc and "files" in doc
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(f"{report}: exists and is not a srpie report; refusing to overwrite it "
+                             "(give a new file name)")
+    return report
+
+
+def check_settings(settings: Settings) -> None:
+    """An unknown model or device is a UsageError found before any folder is created."""
+    from srpie_cli.tiling import pick_device
+    from srpie_cli.weights import resolve
+
+    try:
+        resolve(settings.model)
+        pick_device(settings.device)
+    except SrpieError as e:
+        raise UsageError(str(e)) from None
 
 
 class _signals_raise:
@@ -534,5 +811,5 @@ def write_report(path: Path, outcome: Outcome, settings: Settings, started: date
         "summary": {s: outcome.count(s) for s in ("done", "failed", "skipped", "interrupted")},
         "files": [asdict(r) for r in outcome.results],
     }
-    data = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
+    data = _json_bytes(doc)
     images.atomic_write(path, lambda f: f.write(data))

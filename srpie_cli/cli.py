@@ -115,7 +115,13 @@ def _esc(text) -> str:
     """File names and reasons printed literally (a name like "IMG [1].jpg" is not markup)."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(_shown(text))
+
+
+def _shown(text) -> str:
+    """A file name as it can be printed: bytes that are not UTF-8 (held by Python as lone
+    surrogates) shown as escapes instead of failing the write to the terminal."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class OutFormat(str, Enum):
@@ -188,9 +194,9 @@ class _Lines:
         elif not self.quiet:
             detail = {"done": f"-> {r.output} ({r.megapixels:.1f} MP, {sum(r.timings.values()):.1f} s)",
                       "skipped": f"({r.reason})"}.get(r.status, r.reason or "")
-            err.print(f"{r.status} {r.input} {detail}", highlight=False, soft_wrap=True, markup=False)
+            err.print(_shown(f"{r.status} {r.input} {detail}"), highlight=False, soft_wrap=True, markup=False)
             for note in r.notes:
-                err.print(f"  note: {note}", highlight=False, soft_wrap=True, markup=False)
+                err.print(_shown(f"  note: {note}"), highlight=False, soft_wrap=True, markup=False)
 
 
 class _Bar(_Lines):
@@ -218,7 +224,7 @@ class _Bar(_Lines):
 
         if r.status == "failed":
             self.progress.console.print(f"[red]failed[/] {_esc(r.input)}: {_esc(r.reason)}", highlight=False, soft_wrap=True)
-        if self.task is None or r.status == "skipped":
+        if self.task is None:  # the plan's own results come before the bar starts
             return
         self.mp += r.megapixels if r.status == "done" else 0.0
         elapsed = max(time.perf_counter() - self.t0, 1e-6)
@@ -229,6 +235,8 @@ class _Bar(_Lines):
 
 
 def _summary(outcome, report):
+    """One row per status, each file counted once, so the rows add up to the files seen; the
+    lines below say what the counts hide (pairs, files that failed in an earlier run)."""
     table = Table(title="srpie enhance", show_header=True)
     for col in ("status", "files"):
         table.add_column(col)
@@ -236,14 +244,27 @@ def _summary(outcome, report):
         n = outcome.count(status)
         if n or status in ("done", "failed"):
             table.add_row(status, str(n))
+    table.add_row("total", str(len(outcome.results)))
     mp = sum(r.megapixels for r in outcome.results if r.status == "done")
     out.print(table)
-    out.print(f"{mp:.1f} MP in {outcome.seconds:.1f} s" + (f"; report: {report}" if report else ""),
-              highlight=False, soft_wrap=True)
-    pairs = sum(1 for r in outcome.results if r.status == "skipped" and (r.reason or "").startswith("RAW+JPEG"))
-    if pairs:
-        out.print(f"{pairs} file(s) of RAW+JPEG pairs skipped: the other file of each pair was enhanced (--raw-jpeg)",
-                  highlight=False)
+    out.print(f"{mp:.1f} MP in {outcome.seconds:.1f} s" + (f"; report: {_shown(report)}" if report else ""),
+              highlight=False, soft_wrap=True, markup=False)
+
+    def count(status, *words):
+        return sum(1 for r in outcome.results if r.status == status and all(w in (r.reason or "") for w in words))
+
+    lines = [
+        (count("skipped", "RAW+JPEG pair"), "file(s) of RAW+JPEG pairs skipped: the other file of each pair was "
+         "enhanced (--raw-jpeg)"),
+        (count("failed", "is enhanced instead"), "file(s) of RAW+JPEG pairs failed: the other file of each pair "
+         "was enhanced instead"),
+        (count("failed", "failed too"), "RAW+JPEG pair(s) failed both files: nothing delivered for them"),
+        (count("failed", "failed before"), "file(s) failed in an earlier run and are unchanged: not tried again "
+         "(--retry-failed)"),
+    ]
+    for n, text in lines:
+        if n:
+            out.print(f"{n} {text}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -261,9 +282,14 @@ def enhance(
     raw_jpeg: Annotated[RawJpeg, typer.Option(
         "--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both.")] = RawJpeg.raw,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Redo outputs srpie wrote before (default: skip them, resume).")] = False,
+        "--overwrite", help="Redo outputs srpie wrote before (default: skip them, resume). A file in the way that "
+        "srpie did not write is never replaced.")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Try again the files that failed in an earlier run (default: unchanged ones are "
+        "listed as failed before, without the work).")] = False,
     report: Annotated[Optional[Path], typer.Option(
-        dir_okay=False, metavar="FILE.json", help="Write a JSON report: per-file status, output, timings, notes.")] = None,
+        dir_okay=False, metavar="FILE.json", help="Write a JSON report: per-file status, output, timings, notes. "
+        "Replaces only an earlier srpie report.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and failures.")] = False,
     max_megapixels: MaxMpOpt = defaults.MAX_MEGAPIXELS,
     device: DeviceOpt = defaults.DEVICE,
@@ -284,7 +310,7 @@ def enhance(
     listener = _Bar() if (err.is_terminal and not quiet) else _Lines(quiet)
     try:
         outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
-                              overwrite=overwrite, report=report, listener=listener,
+                              overwrite=overwrite, report=report, listener=listener, retry_failed=retry_failed,
                               settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile,
                                                  strength))
     except UsageError as e:

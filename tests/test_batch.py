@@ -16,6 +16,12 @@ from tests.conftest import write_dng, write_jpeg
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def own_state(tmp_path, monkeypatch):
+    """The memory of failures (batch.state_dir) kept inside the test's folder."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 def rel(paths, root):
     return sorted(str(Path(p).relative_to(root)) for p in paths)
 
@@ -29,8 +35,10 @@ def test_plan_mirrors_the_tree_beside_the_input_and_skips_hidden(shoot):
     assert dst["raw/IMG_0100.dng"] == out / "raw/IMG_0100.tif"
     assert dst["day1/IMG_0002.JPG"] == out / "day1/IMG_0002.JPG"  # the suffix is kept as it was
     assert not any(".hidden" in k or ".cache" in k or k.endswith(".txt") for k in dst)
-    skipped = {str(Path(r.input).relative_to(shoot)): r.reason for r in p.results}
-    assert "RAW+JPEG" in skipped["raw/IMG_0100.JPG"]
+    # the camera JPEG of the RAW+JPEG pair is enhanced only if the RAW cannot be decoded
+    (raw,) = [j for j in p.jobs if j.src.name == "IMG_0100.dng"]
+    assert raw.fallback.src == shoot / "raw/IMG_0100.JPG" and raw.fallback.dst == out / "raw/IMG_0100.JPG"
+    assert "raw/IMG_0100.JPG" not in dst
 
 
 @pytest.mark.parametrize("choice,enhanced", [("raw", {"IMG_1.CR2"}), ("jpeg", {"IMG_1.JPG"}), ("both", {"IMG_1.CR2", "IMG_1.JPG"})])
@@ -40,6 +48,8 @@ def test_raw_jpeg_pairs(tmp_path, choice, enhanced):
         (tmp_path / "s" / name).write_bytes(b"x")
     p = batch.plan([tmp_path / "s"], raw_jpeg=choice)
     assert {j.src.name for j in p.jobs} == enhanced | {"IMG_2.JPG"}
+    fallback = {j.src.name: j.fallback.src.name for j in p.jobs if j.fallback}
+    assert fallback == {"raw": {"IMG_1.CR2": "IMG_1.JPG"}, "jpeg": {"IMG_1.JPG": "IMG_1.CR2"}, "both": {}}[choice]
 
 
 def test_output_folder_inside_the_input_is_not_walked(tmp_path):
@@ -59,6 +69,11 @@ def test_existing_outputs_are_skipped_unless_overwrite(tmp_path):
     p = batch.plan([tmp_path / "s"], output=tmp_path / "o")
     assert [j.src.name for j in p.jobs] == ["b.jpg"]
     assert p.results[0].status == "skipped" and "exists" in p.results[0].reason
+    # --overwrite replaces only what srpie wrote: a file of someone else's in the way is refused
+    p = batch.plan([tmp_path / "s"], output=tmp_path / "o", overwrite=True)
+    assert [j.src.name for j in p.jobs] == ["b.jpg"]
+    assert p.results[0].status == "failed" and "not written by srpie" in p.results[0].reason
+    images.write_photo(tmp_path / "o/a.jpg", images.read_photo(tmp_path / "s/a.jpg"), "jpeg")
     assert len(batch.plan([tmp_path / "s"], output=tmp_path / "o", overwrite=True).jobs) == 2
 
 
@@ -254,7 +269,7 @@ def test_a_file_that_trips_a_decoder_or_an_encoder_fails_alone(tmp_path, tiny_mo
     assert by["a.jpg"].status == "failed" and "KeyError" in by["a.jpg"].reason
     assert by["b.jpg"].status == "failed" and "TypeError: odd metadata" in by["b.jpg"].reason
     assert by["c.jpg"].status == "done" and out.exit_code == 1
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [batch.LOCK_NAME, "c.jpg"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["c.jpg"]  # no lock file left
 
 
 def _odd(photo):

@@ -23,6 +23,12 @@ runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def own_state(tmp_path, monkeypatch):
+    """The memory of failures (batch.state_dir) kept inside the test's folder."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 def enhance(*args):
     return runner.invoke(app, ["enhance", *map(str, args)])
 
