@@ -234,8 +234,8 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
     claimed: dict[str, Path] = {}
     p = Plan([], results, roots)
 
-    def job_for(f: Path, out_dir: Path) -> Job | None:
-        """The job of ``f``, or None with its result recorded (skipped or failed)."""
+    def job_for(f: Path, out_dir: Path) -> tuple[Job | None, FileResult | None]:
+        """The job of ``f``, or the result that settles it now (skipped or failed)."""
         kind = images.format_of(f)
         ofmt = images.output_format(kind, fmt)
         dst = out_dir / (f.stem + _out_suffix(f, kind, ofmt))
@@ -249,49 +249,50 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
             why = (f"{dst} is in the way and was not written by srpie: refused to replace it "
                    "(move it, or give another -o)")
         if why:
-            results.append(FileResult(str(f), "failed", output=str(dst), reason=why))
-            return None
+            return None, FileResult(str(f), "failed", output=str(dst), reason=why)
         claimed[key] = f
         if not overwrite and dst.is_file() and dst.stat().st_size > 0:
-            results.append(FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)"))
-            return None
+            return None, FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)")
         if failed_before and (reason := failed_before(f)):
-            results.append(FileResult(str(f), "failed", reason=f"failed before, unchanged since: {reason} "
-                                      "(--retry-failed to try again)"))
-            return None
-        return Job(f, dst, ofmt)
+            return None, FileResult(str(f), "failed", reason=f"{FAILED_BEFORE}: {reason} (--retry-failed to try again)")
+        return Job(f, dst, ofmt), None
 
+    def add(job: Job | None, res: FileResult | None, root: Path) -> None:
+        if job is None:
+            results.append(res)
+        else:
+            p.root_of[job.src] = root
+            p.jobs.append(job)
+
+    keep = "RAW" if raw_jpeg == "raw" else "JPEG"
     for f, out_dir, root in sources:
         kind = images.format_of(f)
         pair = kinds[(f.parent, f.stem.lower())]
-        if drop and kind == drop and {"raw", "jpeg"} <= pair.keys():
-            continue  # planned with the file it falls back for
-        job = job_for(f, out_dir)
-        other = pair.get(drop) if drop and kind != drop and {"raw", "jpeg"} <= pair.keys() else None
-        if other is not None:
-            keep = "RAW" if raw_jpeg == "raw" else "JPEG"
-            if job is None and p.results[-1].status == "failed" and p.results[-1].reason.startswith("failed before"):
-                job = job_for(other[0], other[1])  # the chosen file is known bad: the other one now
-                if job is not None:
-                    p.root_of[job.src] = other[2]
-                    p.jobs.append(job)
-                continue
-            if job is None:
-                results.append(FileResult(str(other[0]), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} "
-                                          "(--raw-jpeg to choose)"))
-                continue
-            fb = job_for(other[0], other[1])
-            if fb is None:
-                results.pop()  # the pair's other output exists or collides: no fallback, only the skip
-                results.append(FileResult(str(other[0]), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} "
-                                          "(--raw-jpeg to choose)"))
-            else:
-                p.root_of[fb.src] = other[2]
-            job = Job(job.src, job.dst, job.fmt, fb)
-        if job is not None:
-            p.root_of[job.src] = root
-            p.jobs.append(job)
+        if not drop or not {"raw", "jpeg"} <= pair.keys():
+            add(*job_for(f, out_dir), root)
+            continue
+        if kind == drop:
+            continue  # planned with the file it stands in for
+        other, other_dir, other_root = pair[drop]
+        job, res = job_for(f, out_dir)
+        skip_other = FileResult(str(other), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} (--raw-jpeg to choose)")
+        if job is None and not res.reason.startswith(FAILED_BEFORE):
+            results += [res, skip_other]  # done before, or refused: the other file is not needed
+            continue
+        fallback, other_res = job_for(other, other_dir)
+        if job is None:  # the chosen file is known bad: the other file is the job now
+            results.append(res)
+            add(fallback, other_res, other_root)
+            continue
+        if fallback is None:
+            results.append(skip_other)  # its output exists, or it failed before: no stand-in
+        else:
+            p.root_of[fallback.src] = other_root
+        add(Job(job.src, job.dst, job.fmt, fallback), None, root)
     return p
+
+
+FAILED_BEFORE = "failed before, unchanged since"
 
 
 def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult]) -> list[tuple[Path, Path, Path]]:

@@ -524,3 +524,61 @@ def test_no_function_of_the_package_is_over_100_lines():
 def sha(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def test_a_shoot_with_everything_that_goes_wrong_delivers_every_good_frame_once(tmp_path, tiny_model, nearest):
+    """The issue's whole case at once: a real DNG (its DateTime empty) with its camera JPEG,
+    a CMYK JPEG, a JPEG with a damaged scan, a FIFO, a symlink to itself, a name that is not
+    UTF-8 and good JPEGs; run twice."""
+    pytest.importorskip("simplejpeg", reason="the scan check reads libjpeg-turbo's warnings through simplejpeg")
+    shoot = tmp_path / "shoot"
+    (shoot / "card").mkdir(parents=True)
+    os.symlink(shared_data("raw", "tinydng", "colorchart.dng"), shoot / "card/IMG_0001.dng")
+    write_jpeg(shoot / "card/IMG_0001.JPG", 24, 36)
+    write_jpeg(shoot / "card/IMG_0002.JPG", 24, 32, seed=1)
+    write_jpeg(shoot / "IMG_0003.jpg", 16, 16, orientation=6, seed=2)
+    Image.new("CMYK", (12, 10), (0, 120, 200, 10)).save(shoot / "press.jpg")
+    good = write_jpeg(shoot / "damaged.jpg", 64, 96, seed=3).read_bytes()
+    (shoot / "damaged.jpg").write_bytes(good[:_scan(good) + 200] + b"\xff\xd9")
+    os.mkfifo(shoot / "pipe.jpg")
+    os.symlink("loop.jpg", shoot / "loop.jpg")
+    latin1 = os.fsencode(shoot) + b"/caf\xe9.jpg"
+    try:
+        with open(latin1, "wb") as f:
+            f.write((shoot / "IMG_0003.jpg").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    before = sha(shoot)
+    report = tmp_path / "run.json"
+
+    with timeout(120):
+        r = enhance(shoot, "--model", tiny_model, "--report", report)
+    assert r.exit_code == 1, r.output
+    out = tmp_path / "shoot_srpie"
+    files = {os.fsencode(Path(f["input"]).name): f for f in json.loads(report.read_bytes())["files"]}
+    delivered = {b"IMG_0001.dng": "card/IMG_0001.tif", b"IMG_0002.JPG": "card/IMG_0002.JPG",
+                 b"IMG_0003.jpg": "IMG_0003.jpg", b"press.jpg": "press.jpg", b"caf\xe9.jpg": "caf\udce9.jpg"}
+    for name, dst in delivered.items():
+        assert files[name]["status"] == "done" and files[name]["output"] == str(out / dst), files[name]
+    assert files[b"IMG_0001.JPG"]["status"] == "skipped"  # the RAW of its pair was enhanced
+    assert any("DateTime" in n for n in files[b"IMG_0001.dng"]["notes"])
+    assert any("CMYK" in n for n in files[b"press.jpg"]["notes"])
+    for name, why in ((b"damaged.jpg", "corrupt JPEG data"), (b"pipe.jpg", "FIFO"), (b"loop.jpg", "symlink loop")):
+        assert files[name]["status"] == "failed" and why in files[name]["reason"], files[name]
+        assert why in r.stderr
+    assert len(files) == 9 and "│ 9" in r.stdout  # every file counted once
+    assert sorted(os.fsencode(p.relative_to(out)) for p in out.rglob("*")) == sorted(
+        [b"card"] + [os.fsencode(d) for d in delivered.values()])  # photos only: no lock, no temporaries
+    assert sha(shoot) == before  # the inputs are untouched
+
+    def state(folder):
+        return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+    written = state(out)
+    with timeout(120):
+        r2 = enhance(shoot, "--model", tiny_model, "--report", report)
+    assert r2.exit_code == 1
+    assert state(out) == written  # nothing rewritten
+    again = {os.fsencode(Path(f["input"]).name): f for f in json.loads(report.read_bytes())["files"]}
+    assert again[b"damaged.jpg"]["reason"].startswith("failed before")
+    assert {n for n, f in again.items() if f["status"] == "done"} == set()
