@@ -228,7 +228,7 @@ def jpeg_damage(path: Path) -> str | None:
         space = {"Gray": "GRAY", "CMYK": "CMYK"}.get(simplejpeg.decode_jpeg_header(data)[2], "RGB")
         simplejpeg.decode_jpeg(data, colorspace=space, strict=True, fastdct=True, fastupsample=True,
                                min_factor=8, min_height=1, min_width=1)
-    except (ValueError, RuntimeError) as e:
+    except Exception as e:  # only libjpeg's own words on the scan count; Pillow judges the rest
         msg = first_line(e)
         return msg if msg.startswith(("Corrupt JPEG data", "Premature end of JPEG")) else None
     return None

@@ -529,8 +529,14 @@ def sha(folder: Path) -> dict[str, str]:
 def test_a_shoot_with_everything_that_goes_wrong_delivers_every_good_frame_once(tmp_path, tiny_model, nearest):
     """The issue's whole case at once: a real DNG (its DateTime empty) with its camera JPEG,
     a CMYK JPEG, a JPEG with a damaged scan, a FIFO, a symlink to itself, a name that is not
-    UTF-8 and good JPEGs; run twice."""
-    pytest.importorskip("simplejpeg", reason="the scan check reads libjpeg-turbo's warnings through simplejpeg")
+    UTF-8 and good JPEGs; run twice. The damaged scan is left out where simplejpeg, which
+    reads libjpeg-turbo's warnings, is not installed."""
+    try:
+        import simplejpeg  # noqa: F401
+
+        scan_check = True
+    except ImportError:
+        scan_check = False
     shoot = tmp_path / "shoot"
     (shoot / "card").mkdir(parents=True)
     os.symlink(shared_data("raw", "tinydng", "colorchart.dng"), shoot / "card/IMG_0001.dng")
@@ -538,8 +544,9 @@ def test_a_shoot_with_everything_that_goes_wrong_delivers_every_good_frame_once(
     write_jpeg(shoot / "card/IMG_0002.JPG", 24, 32, seed=1)
     write_jpeg(shoot / "IMG_0003.jpg", 16, 16, orientation=6, seed=2)
     Image.new("CMYK", (12, 10), (0, 120, 200, 10)).save(shoot / "press.jpg")
-    good = write_jpeg(shoot / "damaged.jpg", 64, 96, seed=3).read_bytes()
-    (shoot / "damaged.jpg").write_bytes(good[:_scan(good) + 200] + b"\xff\xd9")
+    if scan_check:
+        good = write_jpeg(shoot / "damaged.jpg", 64, 96, seed=3).read_bytes()
+        (shoot / "damaged.jpg").write_bytes(good[:_scan(good) + 200] + b"\xff\xd9")
     os.mkfifo(shoot / "pipe.jpg")
     os.symlink("loop.jpg", shoot / "loop.jpg")
     latin1 = os.fsencode(shoot) + b"/caf\xe9.jpg"
@@ -563,10 +570,12 @@ def test_a_shoot_with_everything_that_goes_wrong_delivers_every_good_frame_once(
     assert files[b"IMG_0001.JPG"]["status"] == "skipped"  # the RAW of its pair was enhanced
     assert any("DateTime" in n for n in files[b"IMG_0001.dng"]["notes"])
     assert any("CMYK" in n for n in files[b"press.jpg"]["notes"])
-    for name, why in ((b"damaged.jpg", "corrupt JPEG data"), (b"pipe.jpg", "FIFO"), (b"loop.jpg", "symlink loop")):
+    bad = {b"pipe.jpg": "FIFO", b"loop.jpg": "symlink loop"} | ({b"damaged.jpg": "corrupt JPEG data"} if scan_check else {})
+    for name, why in bad.items():
         assert files[name]["status"] == "failed" and why in files[name]["reason"], files[name]
         assert why in r.stderr
-    assert len(files) == 9 and "│ 9" in r.stdout  # every file counted once
+    total = len(delivered) + 1 + len(bad)
+    assert len(files) == total and f"│ {total}" in r.stdout  # every file counted once
     assert sorted(os.fsencode(p.relative_to(out)) for p in out.rglob("*")) == sorted(
         [b"card"] + [os.fsencode(d) for d in delivered.values()])  # photos only: no lock, no temporaries
     assert sha(shoot) == before  # the inputs are untouched
@@ -580,5 +589,6 @@ def test_a_shoot_with_everything_that_goes_wrong_delivers_every_good_frame_once(
     assert r2.exit_code == 1
     assert state(out) == written  # nothing rewritten
     again = {os.fsencode(Path(f["input"]).name): f for f in json.loads(report.read_bytes())["files"]}
-    assert again[b"damaged.jpg"]["reason"].startswith("failed before")
+    if scan_check:
+        assert again[b"damaged.jpg"]["reason"].startswith("failed before")
     assert {n for n, f in again.items() if f["status"] == "done"} == set()
