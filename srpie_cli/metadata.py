@@ -8,6 +8,11 @@ files, whose Exif and GPS IFDs tifffile cannot write itself.
 
 Rule: metadata that an output format cannot hold is converted or dropped with a note that
 names it; it never fails the photo.
+
+Why piexif and this module, not libexiv2 (PyPI ``exiv2``): it would replace the TIFF IFD
+patching, the RAW container readers and the XMP edits here, and salvages more of a broken
+EXIF block; but it is GPL (srpie is MIT), its wheel is 48 MB with a network stack (libcurl,
+OpenSSL, Kerberos) bundled, and it could not read the CR3 sample that ``_cr3_exif`` reads.
 """
 
 from __future__ import annotations
