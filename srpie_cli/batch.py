@@ -9,9 +9,10 @@
   in the folder (``OutputLock``).
 * Only regular files are photos: a FIFO, a socket or a device named ``*.jpg`` is named and
   passed over (opening one would wait forever), and so is a symlink loop.
-* srpie's own outputs are never taken as inputs: a folder run passes over every photo whose
-  metadata names srpie as its software (an earlier single-file run's ``<folder>_srpie/``
-  below the folder, an ``-o`` inside it).
+* srpie's own outputs are never taken as inputs: a folder run skips, with that reason, every
+  photo whose metadata names srpie as its software (an earlier single-file run's
+  ``<folder>_srpie/`` below the folder, an ``-o`` inside it); named alone, such a file is
+  enhanced again.
 * A file that failed is not worked on again while it is unchanged (same size and
   modification time): the next run lists it as failed before, without decoding it;
   ``retry_failed`` tries again. The memory of failures lives outside the output folder, in
@@ -303,7 +304,10 @@ def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult]) -
     for p, r in zip(inputs, roots):
         if p.is_dir():
             for f in walk(p, skip, results):
-                if not images.made_by_srpie(f):  # an earlier run's output below the folder
+                if images.made_by_srpie(f):  # an earlier run's output below the folder
+                    results.append(FileResult(str(f), "skipped", reason="an output of srpie, not a photo of the "
+                                              "shoot (name the file to enhance it again)"))
+                else:
                     sources.append((f, r / f.parent.relative_to(p), r))
         elif not images.format_of(p):
             results.append(FileResult(str(p), "failed", reason=f"unsupported file type {p.suffix or '(none)'!r}"))
@@ -444,7 +448,9 @@ class Failures:
         """Why ``f`` failed before, if it is unchanged since."""
         k = self._key(f)
         entry = self.files.get(k[0]) if k else None
-        return entry["reason"] if entry and entry.get("stat") == k[1] else None
+        if not isinstance(entry, dict) or entry.get("stat") != k[1]:
+            return None
+        return str(entry.get("reason") or "unknown reason")
 
     def update(self, results: Sequence[FileResult], failed_decoding: set[str]) -> None:
         """Forget files that are done; remember the files whose own content failed them."""

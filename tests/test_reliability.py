@@ -209,6 +209,12 @@ def test_a_raw_that_fails_falls_back_to_the_jpeg_of_its_pair(tmp_path, tiny_mode
     # the summary counts every file once, and says what the counts hide
     assert "total  │ 6" in r.stdout.replace("   ", "  ") or "│ 6" in r.stdout
     assert "2 file(s) of RAW+JPEG pairs failed" in r.stdout and "1 RAW+JPEG pair(s) failed both" in r.stdout
+    # the next run knows the RAWs are bad and finds the JPEGs delivered: no work, nothing rewritten
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o").iterdir()}
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model, "--report", report)
+    files = {Path(f["input"]).name: f for f in json.loads(report.read_text())["files"]}
+    assert files["IMG_1.dng"]["reason"].startswith("failed before") and files["IMG_1.JPG"]["status"] == "skipped"
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o").iterdir()} == written
 
 
 # ----------------------------------------------------------------------------- no garbage marked done
@@ -406,8 +412,9 @@ def test_a_single_photo_run_leaves_nothing_the_next_folder_run_takes_for_a_photo
     first = run(tmp_path / "shoot/raw/x.jpg", None, tiny_model)
     assert by_name(first)["x.jpg"].output == str(tmp_path / "shoot/raw_srpie/x.jpg")
     second = run(tmp_path / "shoot", None, tiny_model)
-    assert sorted(Path(r.input).relative_to(tmp_path) for r in second.results) == [Path("shoot/raw/x.jpg"),
-                                                                                    Path("shoot/y.jpg")]
+    status = {str(Path(r.input).relative_to(tmp_path)): r.status for r in second.results}
+    assert status == {"shoot/raw/x.jpg": "done", "shoot/y.jpg": "done", "shoot/raw_srpie/x.jpg": "skipped"}
+    assert any("an output of srpie" in (r.reason or "") for r in second.results)
     assert not (tmp_path / "shoot_srpie/raw_srpie").exists()
 
 
