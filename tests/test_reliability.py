@@ -517,17 +517,6 @@ def test_max_megapixels_above_pillows_own_cap_is_obeyed(tmp_path):
         images.read_photo(tmp_path / "big.png")
 
 
-def test_no_function_of_the_package_is_over_100_lines():
-    import ast
-
-    for path in (Path(batch.__file__).parent).glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if path.name in ("batch.py", "images.py", "metadata.py", "inference.py", "weights.py"):
-                    assert n <= 100, f"{path.name}: {node.name} is {n} lines"
-
-
 def sha(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
