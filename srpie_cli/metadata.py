@@ -61,8 +61,9 @@ def software_of(raw: bytes | None):
 
 def pillow_exif(exif, notes: list[str]) -> dict | None:
     """IFD0 of an EXIF block piexif refused, as far as Pillow's more forgiving reader got
-    (``Image.getexif()``): the orientation above all, so the photo still comes out upright;
-    the note says the rest of the block is lost. None when Pillow read nothing either."""
+    (``Image.getexif()``): the orientation above all, so the photo still comes out upright.
+    The note ``parse_exif`` left becomes one that names what was kept and what was lost.
+    None when Pillow read nothing either."""
     ifd0 = {}
     for tag, value in dict(exif or {}).items():
         info = piexif.TAGS["Image"].get(tag)
@@ -70,12 +71,24 @@ def pillow_exif(exif, notes: list[str]) -> dict | None:
             continue
         if info["type"] == 2 and isinstance(value, str):
             value = value.encode("utf-8")
+        elif info["type"] in (5, 10):  # Pillow's IFDRational -> piexif's (numerator, denominator)
+            value = tuple(_rational(v) for v in value) if isinstance(value, tuple) else _rational(value)
         ifd0[tag] = value
     if not ifd0:
         return None
+    why = next((n for n in reversed(notes) if n.startswith("EXIF unreadable")), None)
+    if why is not None:
+        notes.remove(why)
+    reason = why[why.index("("):] if why and "(" in why else ""
     kept = ", ".join(piexif.TAGS["Image"][t]["name"] for t in sorted(ifd0))
-    notes.append(f"EXIF partly unreadable: kept only {kept} from the main IFD; the Exif and GPS IFDs are lost")
+    head = f"EXIF partly unreadable {reason}".strip()
+    notes.append(f"{head}: kept only {kept} from the main IFD; the Exif and GPS IFDs are lost")
     return {"0th": ifd0, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
+
+
+def _rational(v) -> tuple[int, int]:
+    n, d = getattr(v, "numerator", v), getattr(v, "denominator", 1)
+    return (int(n), int(d)) if d else (0, 1)
 
 
 def orientation_of(exif: dict | None) -> int:

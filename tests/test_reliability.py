@@ -276,6 +276,12 @@ def test_partly_broken_exif_keeps_the_orientation(tmp_path):
     assert any("Orientation" in n and "lost" in n for n in photo.notes), photo.notes
 
 
+def test_a_real_camera_jpeg_whose_gps_pointer_is_broken_keeps_what_pillow_reads():
+    photo = images.read_photo(shared_data("exif", "jpg", "tests", "45-gps_ifd.jpg"))
+    assert photo.exif["0th"][piexif.ImageIFD.Make] == b"Polyphony Digital Inc."
+    assert any("partly unreadable" in n and "Orientation" in n for n in photo.notes), photo.notes
+
+
 def test_the_interop_ifd_of_a_camera_jpeg_is_kept(tmp_path):
     exif = piexif.load(camera_exif())
     exif["Interop"] = {piexif.InteropIFD.InteroperabilityIndex: b"R98"}
@@ -283,6 +289,8 @@ def test_the_interop_ifd_of_a_camera_jpeg_is_kept(tmp_path):
     notes = images.write_photo(tmp_path / "o.jpg", images.read_photo(tmp_path / "a.jpg"), "jpeg")
     assert not any("malformed" in n for n in notes), notes
     assert images.read_photo(tmp_path / "o.jpg").exif["Interop"] == {piexif.InteropIFD.InteroperabilityIndex: b"R98"}
+    notes = images.write_photo(tmp_path / "o.tif", images.read_photo(tmp_path / "a.jpg"), "tiff")
+    assert any("Interop IFD (InteroperabilityIndex) not carried into the TIFF" in n for n in notes), notes
 
 
 def test_notes_name_the_tags_that_are_not_carried_over():
