@@ -198,7 +198,8 @@ def output_roots(inputs: Sequence[Path], output: Path | None, raw_jpeg: str = "r
         raise UsageError("no input: give photo files or folders")
     for p in inputs:
         if not p.exists():
-            raise UsageError(f"{p}: no such file or folder")
+            loop = not_a_photo_file(p) if p.is_symlink() else None
+            raise UsageError(f"{p}: {loop or 'no such file or folder'}")
     roots = []
     for p in inputs:
         if output is None:

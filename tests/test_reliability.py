@@ -383,6 +383,8 @@ def test_a_symlink_to_itself_is_named_and_the_run_goes_on(tmp_path, tiny_model):
     out = run(tmp_path / "s", tmp_path / "o", tiny_model)
     assert by_name(out)["a.jpg"].status == "done"
     assert "symlink loop" in by_name(out)["loop.jpg"].reason
+    r = enhance(tmp_path / "s/loop.jpg", "--model", tiny_model)  # named alone: a usage error that says why
+    assert r.exit_code == 2 and "symlink loop" in r.output
 
 
 def test_a_file_name_that_is_not_utf8_reaches_the_report(tmp_path, tiny_model):
