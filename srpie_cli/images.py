@@ -479,6 +479,9 @@ def _encode(f, path: Path, photo: Photo, fmt: str, quality: int, notes: list[str
         raise SrpieError(f"{path.name}: cannot encode ({type(e).__name__}: {first_line(e)})") from None
 
 
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a write that came out short: the disk is full
+
+
 def verify(f, fmt: str) -> None:
     """Check that the file ``f`` holds a whole ``fmt`` file: its size on disk is what was
     written and it ends where the format says it ends. OSError (ENOSPC-like) when not."""
@@ -496,8 +499,17 @@ def verify(f, fmt: str) -> None:
     else:
         whole = _tiff_whole(f, size)
     if not whole:
-        raise OSError(errno.EIO, f"the written {fmt.upper()} file is incomplete ({size} bytes): "
-                      "the disk may be full")
+        # A full disk is the usual cause (Pillow on a full tmpfs returns without an error and
+        # a file cut at a block boundary); it stops the batch like ENOSPC. With room left the
+        # cause is something else, and only this photo fails.
+        try:
+            free = os.fstatvfs(f.fileno()).f_bavail * os.fstatvfs(f.fileno()).f_frsize
+        except (OSError, AttributeError):  # no statvfs (Windows)
+            free = 0
+        full = free < FULL_DISK_BYTES
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      f"the written {fmt.upper()} file is incomplete ({size} bytes)"
+                      + (": the disk is full" if full else ""))
 
 
 _TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8}

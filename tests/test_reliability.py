@@ -598,3 +598,32 @@ def test_a_shoot_with_everything_that_goes_wrong_delivers_every_good_frame_once(
     if scan_check:
         assert again[b"damaged.jpg"]["reason"].startswith("failed before")
     assert {n for n, f in again.items() if f["status"] == "done"} == set()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KB tmpfs, where this machine lets the test mount one (root, no container limits)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_real_full_disk_delivers_nothing_half_written(tmp_path, tiny_model, nearest, small_disk):
+    for i in range(8):
+        write_jpeg(tmp_path / f"s/{i}.jpg", 96, 128, seed=i)
+    out = small_disk / "o"
+    out.mkdir()
+    (small_disk / "filler").write_bytes(b"\0" * (256 - 8) * 1024)  # 8 KB left: less than one output
+    outcome = run(tmp_path / "s", out, tiny_model)
+    results = by_name(outcome)
+    assert all(r.status == "failed" for r in results.values()), results
+    # Pillow cuts the file at a block boundary without an error: the check before the rename
+    # finds it incomplete, the disk full, and the batch stops
+    assert "incomplete" in results["0.jpg"].reason and "disk is full" in results["0.jpg"].reason
+    assert "not started: the batch stopped (disk full)" in results["7.jpg"].reason
+    assert listing(out) == []  # no photo, no temporary, no lock
