@@ -280,7 +280,8 @@ def enhance(
         "--format", help="Output format (default: as the input; RAW -> 16-bit TIFF).")] = None,
     quality: QualityOpt = defaults.QUALITY,
     raw_jpeg: Annotated[RawJpeg, typer.Option(
-        "--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both.")] = RawJpeg.raw,
+        "--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both; the other file "
+        "stands in when the chosen one cannot be decoded.")] = RawJpeg.raw,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Redo outputs srpie wrote before (default: skip them, resume). A file in the way that "
         "srpie did not write is never replaced.")] = False,

@@ -445,6 +445,10 @@ def test_a_file_that_failed_is_not_worked_on_again_while_unchanged(tmp_path, tin
     os.utime(tmp_path / "s/bad.jpg", ns=(1, 10**18))  # changed: tried again
     run(tmp_path / "s", tmp_path / "o", tiny_model)
     assert decoded == ["bad.jpg", "bad.jpg"]
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model)
+    assert decoded == ["bad.jpg", "bad.jpg"] and "1 file(s) failed in an earlier run" in r.stdout
+    enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model, "--retry-failed")
+    assert decoded == ["bad.jpg"] * 3
     assert listing(tmp_path / "o") == ["a.jpg"]  # the memory lives outside the delivery folder
 
 
