@@ -401,8 +401,11 @@ def _read_raw(path: Path, max_megapixels: float) -> Photo:
                                   output_color=rawpy.ColorSpace.sRGB)
     except SrpieError:
         raise
+    except rawpy.LibRawIOError:  # LibRaw ran past the end of the file, or the read failed
+        raise SrpieError(f"{path}: the RAW file is cut short or unreadable (LibRaw: input/output error)") from None
     except (rawpy.LibRawError, OSError, ValueError) as e:
-        raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({first_line(e)})") from None
+        why = e.args[0].decode("latin-1") if e.args and isinstance(e.args[0], bytes) else first_line(e)
+        raise SrpieError(f"{path}: not a RAW file LibRaw can develop ({why})") from None
     exif, xmp = metadata.raw_metadata(path, notes)
     return Photo(np.ascontiguousarray(rgb), None, exif, srgb_profile(), xmp, "raw", notes=notes)
 

@@ -260,6 +260,13 @@ def test_a_raw_without_its_pixel_data_is_refused(name):
         images.read_photo(shared_data("raw", "exiftool_stubs", name))
 
 
+def test_a_raw_cut_short_on_the_card_says_so(tmp_path):
+    data = shared_data("raw", "tinydng", "colorchart.dng").read_bytes()
+    (tmp_path / "cut.dng").write_bytes(data[: len(data) * 9 // 10])
+    with pytest.raises(SrpieError, match="cut short"):
+        images.read_photo(tmp_path / "cut.dng")
+
+
 # ----------------------------------------------------------------------------- metadata kept and named
 
 
