@@ -519,17 +519,21 @@ _TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 
 
 
 def _tiff_whole(f, size: int) -> bool:
-    """IFD0, the Exif and GPS IFDs, every tag value and every strip of the TIFF in ``f`` lie
-    inside its ``size``: a file cut short anywhere, the EXIF appended last included, is not."""
+    """IFD0, the Exif, GPS and Interop IFDs, every tag value and every strip of the TIFF in
+    ``f`` lie inside its ``size``: a file cut short anywhere, the EXIF appended last included,
+    is not."""
     f.seek(0)
     head = f.read(8)
     if len(head) < 8 or head[:4] not in (b"II*\0", b"MM\0*"):
         return False
     bo = "<" if head[:2] == b"II" else ">"
     ifd0 = struct.unpack(bo + "I", head[4:])[0]
-    todo, end = [ifd0], 8
+    todo, end, seen = [ifd0], 8, set()
     while todo:
         at = todo.pop()
+        if at in seen:
+            return False
+        seen.add(at)
         f.seek(at)
         raw = f.read(2)
         if len(raw) < 2:
@@ -543,7 +547,7 @@ def _tiff_whole(f, size: int) -> bool:
             tag, kind, count, value = struct.unpack(bo + "HHII", entries[12 * k:12 * k + 12])
             if count * _TIFF_TYPE_SIZE.get(kind, 1) > 4:
                 end = max(end, value + count * _TIFF_TYPE_SIZE.get(kind, 1))
-            if at == ifd0 and tag in (34665, 34853):  # the Exif and GPS IFDs
+            if tag in (34665, 34853, 40965):  # the Exif, GPS and Interop IFDs
                 todo.append(value)
     try:
         import tifffile
@@ -627,12 +631,6 @@ def _write_pillow(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: byte
     im.save(f, format=fmt.upper(), **kw)
 
 
-def piexif_name(ifd: str, tag: int) -> str:
-    import piexif
-
-    return piexif.TAGS[ifd].get(tag, {}).get("name", f"0x{tag:04x}")
-
-
 def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes | None, notes: list[str]) -> None:
     """tifffile writes the pixels (8 or 16-bit, deflate) with IFD0's descriptive tags; the
     Exif and GPS IFDs are appended after it and their pointers patched in."""
@@ -649,11 +647,8 @@ def _write_tiff(f, photo: Photo, fmt: str, quality: int, exif: dict, xmp: bytes 
         extratags.append((34377, 7, len(photo.iptc), photo.iptc, True))
         if iptc := metadata.irb_iptc(photo.iptc):
             extratags.append((33723, 7, len(iptc), iptc, True))
-    sub = {k: exif[k] for k in ("Exif", "GPS") if exif[k]}
-    if exif.get("Interop"):
-        names = ", ".join(piexif_name("Interop", t) for t in sorted(exif["Interop"]))
-        notes.append(f"EXIF Interop IFD ({names}) not carried into the TIFF")
-    for name in sub:
+    sub = {k: exif[k] for k in ("Exif", "GPS", "Interop") if exif.get(k)}
+    for name in sub.keys() & metadata.PLACEHOLDER.keys():
         extratags.append((metadata.PLACEHOLDER[name], 4, 1, 0, True))  # patched below
     start = f.tell()
     tifffile.imwrite(

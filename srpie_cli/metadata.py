@@ -409,7 +409,8 @@ _POINTER = {"Exif": 34665, "GPS": 34853}
 
 def append_ifds(f, start: int, sub: dict[str, dict]) -> None:
     """Append Exif/GPS IFDs (piexif's encoder, big-endian) at the end of the TIFF in ``f``
-    and turn IFD0's placeholders into 34665/34853 pointers to them."""
+    and turn IFD0's placeholders into 34665/34853 pointers to them. An ``Interop`` IFD
+    (the camera's colour-space index) is appended after the Exif IFD, which points to it."""
     import tifffile
     from piexif._dump import _dict_to_bytes
 
@@ -418,15 +419,31 @@ def append_ifds(f, start: int, sub: dict[str, dict]) -> None:
         tags = tf.pages.first.tags
         where = {name: tags[code].valueoffset for name, code in PLACEHOLDER.items() if code in tags}
     f.seek(0, os.SEEK_END)
-    for name in ("Exif", "GPS"):
-        if name not in sub:
+    interop_entry = None  # where the Exif IFD's pointer to the Interop IFD is, patched last
+    for name in ("Exif", "GPS", "Interop"):
+        if not sub.get(name) or (name == "Interop" and "Exif" not in sub):
             continue
+        ifd = dict(sub[name])
+        pointer = name == "Exif" and bool(sub.get("Interop"))
+        if pointer:  # counted by piexif, which leaves the entry itself to its caller
+            ifd[piexif.ExifIFD.InteroperabilityTag] = 0
         if f.tell() % 2:
             f.write(b"\0")
         at = f.tell() - start
-        entries, values = _dict_to_bytes(sub[name], name, at - 8 + 4)  # piexif adds 8; +4: next-IFD pointer
+        entries, values = _dict_to_bytes(ifd, name, at - 8 + 4)  # piexif adds 8; +4: next-IFD pointer
+        if pointer:
+            chunks = [entries[k:k + 12] for k in range(2, len(entries), 12)]
+            chunks.append(struct.pack(">HHII", piexif.ExifIFD.InteroperabilityTag, 4, 1, 0))
+            chunks.sort()  # TIFF wants entries in tag order; big-endian tags sort as bytes
+            k = chunks.index(struct.pack(">HHII", piexif.ExifIFD.InteroperabilityTag, 4, 1, 0))
+            interop_entry = at + 2 + 12 * k
+            entries = entries[:2] + b"".join(chunks)
         f.write(entries + b"\0\0\0\0" + values)
         end = f.tell()
-        f.seek(start + where[name] - 8)  # the 12-byte entry: tag, type, count, value
-        f.write(struct.pack(">HHII", _POINTER[name], 4, 1, at))
+        if name == "Interop":
+            f.seek(start + interop_entry + 8)  # the entry's value: the Interop IFD's offset
+            f.write(struct.pack(">I", at))
+        else:
+            f.seek(start + where[name] - 8)  # the 12-byte entry: tag, type, count, value
+            f.write(struct.pack(">HHII", _POINTER[name], 4, 1, at))
         f.seek(end)
