@@ -340,6 +340,8 @@ def test_a_report_pointed_at_a_photo_or_any_other_file_is_refused_before_any_wor
         assert not (tmp_path / "o").exists()
     r = enhance(tmp_path / "s/a.jpg", "-o", tmp_path / "o", "--model", tiny_model, "--report", tmp_path / "s/a.jpg")
     assert r.exit_code == 2 and not (tmp_path / "o").exists()
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model, "--report", tmp_path / "new.jpg")
+    assert r.exit_code == 2 and "run.json" in r.output and not (tmp_path / "new.jpg").exists()
     assert (tmp_path / "s/a.jpg").read_bytes() == before
     assert (tmp_path / "notes.json").read_text() == '{"mine": true}'
     # an earlier srpie report is replaced
