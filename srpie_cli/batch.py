@@ -761,8 +761,6 @@ def check_report(report: Path, inputs: Sequence[Path]) -> Path:
     other file that is in the way. UsageError before any work."""
     if report.is_dir():
         raise UsageError(f"{report}: is a folder; --report wants a file name")
-    if images.format_of(report):  # a later folder run would take it for a photo
-        raise UsageError(f"{report}: a photo's name; --report wants a name like run.json")
     if any(_resolved(report) == _resolved(i) for i in inputs):
         raise UsageError(f"{report}: is an input; --report would overwrite it")
     if report.exists():
@@ -775,6 +773,8 @@ def check_report(report: Path, inputs: Sequence[Path]) -> Path:
         if not ok:
             raise UsageError(f"{report}: exists and is not a srpie report; refusing to overwrite it "
                              "(give a new file name)")
+    if images.format_of(report):  # a later folder run would take it for a photo
+        raise UsageError(f"{report}: a photo's name; --report wants a name like run.json")
     return report
 
 
