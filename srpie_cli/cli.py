@@ -458,6 +458,22 @@ def evaluate(
     out.print(table)
 
 
+def _train_config(opts: dict):
+    """srpie train's options as a TrainConfig: the recipe's defaults, then what was given."""
+    from srpie_cli.train import TrainConfig
+
+    rec = TrainConfig.recipe(opts["recipe"].value)
+    rec.update({k: opts[k] for k in ("batch_size", "patch", "lr") if opts[k] is not None})
+    same = ("photos", "pairs", "init", "du_features", "global_context", "global_skip", "rrelu", "look_only", "look_from",
+            "steps", "minutes", "ema", "vgg", "val", "holdout", "val_pairs", "pair_fraction", "clean_fraction",
+            "val_every", "resume", "threads", "device", "workers", "seed")
+    kw = {k: opts[k] for k in same} | {"photos": opts["photos"] or [], "pairs": opts["pairs"] or []}
+    out = opts["out_path"]
+    return TrainConfig(out=out, run_dir=opts["run_dir"] or Path("runs") / out.stem, enhance=not opts["sr_only"],
+                       preset=opts["preset"].value, loss=opts["loss"].value,
+                       command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **kw, **rec)
+
+
 @app.command()
 def train(
     out_path: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.pt",
@@ -531,18 +547,10 @@ def train(
 
     Example: srpie train --pairs pairs/ --init srpie-x2 --look-only --steps 1000 --out house.pt
     """
-    from srpie_cli.train import TrainConfig, check_config
+    from srpie_cli.train import check_config
     from srpie_cli.train import train as run_train
 
-    rec = TrainConfig.recipe(recipe.value)
-    for name, value in (("batch_size", batch_size), ("patch", patch), ("lr", lr)):
-        if value is not None:
-            rec[name] = value
-    cfg = TrainConfig(out=out_path, run_dir=run_dir or Path("runs") / out_path.stem, photos=photos or [],
-                      pairs=pairs or [], enhance=not sr_only, preset=preset.value, global_skip=global_skip, init=init, du_features=du_features, global_context=global_context, rrelu=rrelu, look_only=look_only, look_from=look_from, steps=steps,
-                      minutes=minutes, loss=loss.value, ema=ema, vgg=vgg, val=val, holdout=holdout, val_pairs=val_pairs,
-                      pair_fraction=pair_fraction, clean_fraction=clean_fraction, val_every=val_every, resume=resume, threads=threads,
-                      device=device, workers=workers, seed=seed, command="srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **rec)
+    cfg = _train_config(locals())
     try:
         check_config(cfg)  # before any folder is made: nothing to train on, an unknown model or device
     except SrpieError as e:

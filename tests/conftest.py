@@ -169,3 +169,10 @@ def shoot(tmp_path) -> Path:
     write_jpeg(root / ".cache/thumb.jpg")
     (root / "notes.txt").write_text("shot list")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path_factory, monkeypatch):
+    """srpie remembers failed files in $XDG_STATE_HOME/srpie: tests keep theirs apart from the
+    user's and from each other's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
