@@ -55,3 +55,25 @@ def ssim(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, y_channel: bool
     sxy = F.conv2d(x * y, w) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return float(s.mean())
+
+
+# ----------------------------------------------------------------------------- the look, as people see it
+
+def srgb_to_lab(img: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65) of sRGB in [0, 1], H x W x 3."""
+    c = np.asarray(img, dtype=np.float64)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = lin @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def look_stats(img: np.ndarray) -> dict[str, float]:
+    """What a photographer looks at: mean chroma (C*ab), the black point (1st percentile of
+    L*), mean lightness, and the share of clipped pixels (>= 254 of 255 in any channel)."""
+    lab = srgb_to_lab(img)
+    return {"chroma": float(np.hypot(lab[..., 1], lab[..., 2]).mean()),
+            "black_point": float(np.percentile(lab[..., 0], 1)),
+            "lightness": float(lab[..., 0].mean()),
+            "clipped": float((np.asarray(img).max(-1) >= 254 / 255).mean() * 100)}

@@ -73,6 +73,7 @@ class SRPIEConfig:
     rrelu: bool = True  # MBFNet's RReLU (the paper's); False: the fixed slope RReLU has at inference
     own_look_input: bool = False  # PENet reads its own shallow feature, not MBFNet's (see graft_look)
     look_width: int = 0  # with own_look_input, that feature's width (0: width): a look from another preset
+    global_look: bool = False  # one colour mapping per photo, set from its thumbnail (GlobalLook)
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -91,8 +92,9 @@ class SRPIEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pe_widths"] = list(self.pe_widths)
-        if not d["look_width"]:
-            del d["look_width"]  # the usual case: a file that earlier srpie versions can read too
+        for key in ("look_width", "global_look"):
+            if not d[key]:
+                del d[key]  # the usual case: a file that earlier srpie versions can read too
         return d
 
     @classmethod
@@ -381,6 +383,53 @@ def local_transform(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (m * g.unsqueeze(1)).sum(dim=2) + a[:, 9:12] * x
 
 
+POLY_TERMS = 13  # r, g, b, their squares and cubes, rg, rb, gb, and 1
+
+
+def colour_polynomial(x: torch.Tensor) -> torch.Tensor:
+    """The 13 terms of the cubic colour polynomial, per pixel: N x 3 x H x W -> N x 13 x H x W."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    sq = x * x
+    return torch.cat([x, sq, sq * x, r * g, r * b, g * b, torch.ones_like(r)], dim=1)
+
+
+def identity_polynomial() -> torch.Tensor:
+    """3 x 13 coefficients that leave every colour as it is."""
+    m = torch.zeros(3, POLY_TERMS)
+    m[:, :3] = torch.eye(3)
+    return m
+
+
+class GlobalLook(nn.Module):
+    """One colour mapping per photo, read from its thumbnail (not in the paper; the family of
+    3D-LUT and curve enhancers): four stride-2 convs on the 64 x 64 thumbnail, mean- and
+    max-pooled, two linear layers to the 3 x 13 coefficients of a cubic colour polynomial
+    (``colour_polynomial``), applied to every pixel. Fitted to each photo's own target, that
+    polynomial reproduces expert C's FiveK retouch to 38 dB (docs/network.md): a retoucher's
+    look is mostly global. It starts as the identity (the last layer at zero), costs 39
+    multiply-adds a pixel, and gives every tile of a photo the same look."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(conv(3, 16, 3, stride=2), nn.ReLU(), conv(16, width, 3, stride=2), nn.ReLU(),
+                                  conv(width, 2 * width, 3, stride=2), nn.ReLU(),
+                                  conv(2 * width, 2 * width, 3, stride=2), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.ReLU(), nn.Linear(2 * width, 3 * POLY_TERMS))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.register_buffer("identity", identity_polynomial(), persistent=False)
+
+    def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:
+        """N x 3 x 13 for N thumbnails (N x 3 x 64 x 64)."""
+        f = self.body(thumb)
+        delta = self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1))
+        return self.identity + delta.view(-1, 3, POLY_TERMS)
+
+    def forward(self, x: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        m = self.coefficients(thumb.to(x.dtype)).to(x.dtype).expand(x.shape[0], -1, -1)
+        return torch.einsum("nit,nthw->nihw", m, colour_polynomial(x)).clamp(0, 1)
+
+
 # ----------------------------------------------------------------------------- DUNet
 
 class DUNet(nn.Module):
@@ -458,6 +507,7 @@ class DeepSRPIE(nn.Module):
         self.penet = PENet(look_width, cfg.pe_widths)
         self.pe_h = conv(3, look_width, 3) if cfg.own_look_input else None  # PENet's own H(I)
         self.context = GlobalContext(cfg.pe_widths[2]) if cfg.global_context else None
+        self.global_look = GlobalLook() if cfg.global_look else None
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
         self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip,
@@ -471,7 +521,10 @@ class DeepSRPIE(nn.Module):
     def forward(self, x, context=None):
         """``context``: the thumbnail of the whole photo ``x`` is a part of (1 or N x 3 x 64 x
         64, from ``context_thumbnail``); None: ``x`` is the whole photo. Ignored by networks
-        without ``global_context``."""
+        without ``global_context`` or ``global_look``. The global look maps the colours of the
+        input before anything else sees them."""
+        if self.global_look is not None:
+            x = self.global_look(x, context_thumbnail(x) if context is None else context)
         x_id = decompose(x, self.cfg.gf_radius, self.cfg.gf_eps)
         h_x = self.h(x)
         mbf, feat = self.mbfnet(x, x_id, h_x)
@@ -517,7 +570,7 @@ def with_context(model: DeepSRPIE) -> DeepSRPIE:
     return _rebuilt(model, global_context=True)
 
 
-LOOK_PARTS = ("penet", "pe_h", "context")  # what a graft moves and --look-only trains: the look
+LOOK_PARTS = ("penet", "pe_h", "context", "global_look")  # what a graft moves and --look-only trains: the look
 
 
 def graft_look(upscaler: DeepSRPIE, look: DeepSRPIE) -> DeepSRPIE:
@@ -552,17 +605,24 @@ def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
         raise ValueError(f"strength {strength} outside 0..2")
     if strength == 1:
         return model
-    last = model.penet.stage9
-    ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)
     with torch.no_grad():
-        last.weight.mul_(strength)
-        last.bias.copy_(ident + strength * (last.bias - ident))
+        if model.global_look is not None:  # its coefficients are identity + the head's output
+            last = model.global_look.head[-1]
+            last.weight.mul_(strength)
+            last.bias.mul_(strength)
+        if model.global_look is None or model.cfg.own_look_input:  # PENet is a look, not the upscaler's
+            last = model.penet.stage9
+            ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)
+            last.weight.mul_(strength)
+            last.bias.copy_(ident + strength * (last.bias - ident))
     return model
 
 
 def wants_context(model: nn.Module) -> bool:
-    """Whether ``model`` (a network, or a wrapper with a ``cfg``) reads a global context."""
-    return bool(getattr(getattr(model, "cfg", None), "global_context", False))
+    """Whether ``model`` (a network, or a wrapper with a ``cfg``) reads the thumbnail of the
+    whole photo (a global context or a global look)."""
+    cfg = getattr(model, "cfg", None)
+    return bool(getattr(cfg, "global_context", False) or getattr(cfg, "global_look", False))
 
 
 def upsample_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:

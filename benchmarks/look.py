@@ -1,0 +1,122 @@
+"""The look, measured as a photographer judges it, on photos no choice was made on.
+
+    python benchmarks/look.py                          # the default model
+    python benchmarks/look.py --model srpie-x2 --model srpie-x2-fast --json look.json
+
+For each model, on the held-out pairs (the last three by name of FiveK expert C and of LOL,
+as ``srpie eval PAIRS --pairs --holdout 3``) and on Set5/Set14 (photos that need nothing):
+
+* FiveK: RGB PSNR of the 2x output against expert C, and its gain over Pillow's bicubic of
+  the input, photo by photo (no photo may fall below bicubic);
+* colour: mean chroma (C*ab) of the output over the expert's, each photo;
+* blacks: 1st-percentile L* of the output minus the expert's;
+* highlights: clipped pixels (>= 254 in any channel), output minus expert, in points;
+* dark frames (LOL): PSNR and SSIM;
+* needs nothing (Set5, Set14): Y-PSNR gain over bicubic and the mean lightness shift |dL*|.
+
+The inputs are the before photos downscaled by 2 (antialiased), the protocol of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(ROOT))
+
+from srpie_cli.data import PairSet, list_images, load_rgb  # noqa: E402
+from srpie_cli.evaluate import pillow_bicubic_down, pillow_bicubic_up, run_model  # noqa: E402
+from srpie_cli.images import to_float  # noqa: E402
+from srpie_cli.metrics import look_stats, psnr, ssim  # noqa: E402
+from srpie_cli.model import with_strength  # noqa: E402
+from srpie_cli.tiling import TileOptions  # noqa: E402
+from srpie_cli.weights import load_model  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+WHOLE = TileOptions(tile=0)
+
+
+def pairs_rows(model, folder: Path, holdout: int = 3) -> list[dict]:
+    _, held = PairSet.from_folders([folder], model.scale, holdout)
+    rows = []
+    for name, (lr, hr) in zip(held.names, held.pairs):
+        lr8 = (lr * 255 + 0.5).astype(np.uint8)
+        out = run_model(model, lr8, WHOLE)
+        bic = to_float(pillow_bicubic_up(lr8, model.scale))
+        so, se = look_stats(out), look_stats(hr)
+        rows.append({"photo": Path(name).stem, "psnr": psnr(out, hr), "bicubic": psnr(bic, hr),
+                     "ssim": ssim(out, hr), "chroma_ratio": so["chroma"] / max(se["chroma"], 1e-6),
+                     "black_point": so["black_point"] - se["black_point"], "clipped": so["clipped"] - se["clipped"]})
+    return rows
+
+
+def sr_rows(model, folder: Path) -> list[dict]:
+    rows = []
+    for path in list_images(folder):
+        hr = load_rgb(path)
+        hr = hr[: hr.shape[0] - hr.shape[0] % 2, : hr.shape[1] - hr.shape[1] % 2]
+        lr = pillow_bicubic_down(hr, model.scale)
+        out, bic, ref = run_model(model, lr, WHOLE), to_float(pillow_bicubic_up(lr, model.scale)), to_float(hr)
+        kw = {"crop_border": model.scale, "y_channel": True}
+        rows.append({"photo": path.stem, "gain": psnr(out, ref, **kw) - psnr(bic, ref, **kw),
+                     "dL": look_stats(out)["lightness"] - look_stats(bic)["lightness"]})
+    return rows
+
+
+def measure(name: str, strength: float = 1.0) -> dict:
+    model, _ = load_model(name)
+    with_strength(model, strength)
+    fivek = pairs_rows(model, DATA / "pairs" / "fivek15")
+    lol = pairs_rows(model, DATA / "pairs" / "lol485")
+    sr = {s: sr_rows(model, DATA / "val" / s) for s in ("Set5", "Set14")}
+    return {"model": name, "strength": strength, "fivek": fivek, "lol": lol, "sr": sr}
+
+
+def summary(m: dict) -> list[tuple[str, str, str]]:
+    f, lol = m["fivek"], m["lol"]
+    gains = [r["psnr"] - r["bicubic"] for r in f]
+    rows = [
+        ("FiveK held-out gain over bicubic", f"{np.mean(gains):+.2f} dB (each: {', '.join(f'{g:+.2f}' for g in gains)})",
+         ">= +4 dB, none below 0"),
+        ("FiveK held-out PSNR", f"{np.mean([r['psnr'] for r in f]):.2f} dB (bicubic {np.mean([r['bicubic'] for r in f]):.2f})", ""),
+        ("colour: chroma / expert", ", ".join(f"{r['chroma_ratio']:.2f}" for r in f), "0.85-1.15"),
+        ("blacks: L*1% - expert", ", ".join(f"{r['black_point']:+.1f}" for r in f), "<= +3"),
+        ("highlights: clipped - expert (pp)", ", ".join(f"{r['clipped']:+.2f}" for r in f), "<= +0.5"),
+        ("dark frames: LOL held-out", f"{np.mean([r['psnr'] for r in lol]):.2f} dB, SSIM {np.mean([r['ssim'] for r in lol]):.3f}",
+         ">= 22 dB, SSIM >= 0.80"),
+    ]
+    for s, r in m["sr"].items():
+        rows.append((f"needs nothing: {s}", f"{np.mean([x['gain'] for x in r]):+.2f} dB Y, "
+                     f"|dL*| mean {np.mean([abs(x['dL']) for x in r]):.2f} (max {max(abs(x['dL']) for x in r):.2f})",
+                     ">= +1 dB, |dL*| <= 2"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", help="name or weights file; repeatable (default: the default model)")
+    ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    from srpie_cli import defaults
+
+    results = []
+    for name in args.model or [defaults.MODEL]:
+        m = measure(name, args.strength)
+        results.append(m)
+        print(f"\n{name} (strength {args.strength:g})")
+        for what, value, target in summary(m):
+            print(f"  {what:36s} {value}" + (f"   [target {target}]" if target else ""))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
