@@ -571,3 +571,49 @@ def train(
     except SrpieError as e:
         raise fail(str(e), EXIT_FAILED) from None
     out.print(json.dumps(summary["scores"], indent=1))
+
+
+@app.command("train-look")
+def train_look(
+    out_path: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.pt", help="Weights file to write.")],
+    init: Annotated[str, typer.Option(metavar="NAME|FILE", help="The upscaler to put the look in front of.")
+                    ] = "srpie-x2-sr",
+    pairs: Annotated[Optional[list[Path]], typer.Option(
+        exists=True, file_okay=False, metavar="DIR", help="Real pairs: before/ and after/ subfolders; repeatable.")] = None,
+    photos: Annotated[Optional[list[Path]], typer.Option(
+        exists=True, file_okay=False, metavar="DIR", help="Good photos, damaged into synthetic pairs; repeatable.")] = None,
+    holdout: Annotated[int, typer.Option(min=0, metavar="N", help="Pairs per folder held out and scored.")] = 3,
+    steps: Annotated[int, typer.Option(min=1, metavar="N", help="Optimiser steps.")] = 1500,
+    val: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, metavar="DIR",
+                                                      help="HR folders scored with the SR protocol.")] = None,
+    pair_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
+                                                 help="Share of each batch from real pairs.")] = 0.33,
+    clean_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
+                                                  help="Share of synthetic samples left undamaged.")] = 0.15,
+    exclude: Annotated[Optional[list[str]], typer.Option(metavar="NAME", rich_help_panel=ADVANCED,
+                                                         help="A pair never trained on (k-fold); repeatable.")] = None,
+    seed: Annotated[int, typer.Option(metavar="N", rich_help_panel=ADVANCED, help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED, help="CPU threads (0: all).")] = 0,
+):
+    """Train a global look (one colour mapping per photo, set from its thumbnail) and put it in
+    front of an upscaler: a minute or two on a CPU.
+
+    Example: srpie train-look --pairs pairs/ --photos good/ --init srpie-x2-sr --out house.pt
+    """
+    import torch
+
+    from srpie_cli.look import LookConfig, make_model
+
+    if not pairs and not photos:
+        raise fail("nothing to train the look on: give --pairs and/or --photos folders")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = LookConfig(photos=photos or [], pairs=pairs or [], holdout=holdout, exclude=exclude or [], steps=steps,
+                     pair_fraction=pair_fraction, clean_fraction=clean_fraction, seed=seed)
+    command = "srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        meta = make_model(cfg, init, out_path, command, val or [], log=lambda m: err.print(m, highlight=False))
+    except SrpieError as e:
+        raise fail(_esc(e), EXIT_FAILED) from None
+    out.print(json.dumps(meta["scores"], indent=1))
+

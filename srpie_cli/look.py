@@ -34,7 +34,8 @@ from srpie_cli.model import DeepSRPIE, GlobalLook, context_thumbnail
 class LookConfig:
     photos: list[Path] = field(default_factory=list)  # good photos (synthetic pairs)
     pairs: list[Path] = field(default_factory=list)  # real pairs, before/ and after/
-    exclude: list[str] = field(default_factory=list)  # pair names (stems) never trained on: held out
+    holdout: int = 3  # the last N pairs of each folder (by name) are never trained on
+    exclude: list[str] = field(default_factory=list)  # more pair names (stems) never trained on (k-fold)
     steps: int = 1500
     batch_size: int = 16
     crop: int = 128  # loss crop side; the look sees the thumbnail of the whole photo
@@ -45,18 +46,26 @@ class LookConfig:
     seed: int = 0
 
 
-def load_pairs(folders: list[Path], side: int, exclude: set[str] = frozenset()) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, before, after) at ``side`` long side, float32, same size."""
-    out = []
+Pair = tuple[str, np.ndarray, np.ndarray]  # (name, before, after), float32, the same size
+
+
+def load_pairs(folders: list[Path], side: int, exclude: set[str] = frozenset(), holdout: int = 0) -> list[list[Pair]]:
+    """Each folder's pairs at ``side`` long side, but its last ``holdout`` (by name) and any
+    named in ``exclude``: one list per folder, so a large set does not drown a small one."""
+    groups = []
     for folder in folders:
-        for b, a in match_pairs(*find_pair_dirs(folder)):
+        matched = match_pairs(*find_pair_dirs(folder))
+        group = []
+        for b, a in matched[:len(matched) - holdout]:
             if b.stem in exclude:
                 continue
             before, after = shrink(load_rgb(b), side), shrink(load_rgb(a), side)
             if before.shape != after.shape:
                 raise SrpieError(f"{b}: before and after differ in size after shrinking")
-            out.append((b.stem, to_float(before), to_float(after)))
-    return out
+            group.append((b.stem, to_float(before), to_float(after)))
+        if group:
+            groups.append(group)
+    return groups
 
 
 def thumb(img: np.ndarray) -> torch.Tensor:
@@ -103,7 +112,8 @@ def retouch_damage(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarra
 def sample(rng: np.random.Generator, photos: list[np.ndarray], pairs: list, cfg: LookConfig):
     """One (input crop, thumbnail of the whole input, target crop)."""
     if pairs and (not photos or rng.random() < cfg.pair_fraction):
-        _, before, after = pairs[rng.integers(len(pairs))]
+        group = pairs[rng.integers(len(pairs))]
+        _, before, after = group[rng.integers(len(group))]
     else:
         after = photos[rng.integers(len(photos))]
         before = after if rng.random() < cfg.clean_fraction else retouch_damage(rng)(after)
@@ -119,7 +129,7 @@ def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: Global
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     photos = [to_float(shrink(load_rgb(p), cfg.side)) for f in cfg.photos for p in list_images(f)]
-    pairs = load_pairs(cfg.pairs, cfg.side, set(cfg.exclude))
+    pairs = load_pairs(cfg.pairs, cfg.side, set(cfg.exclude), cfg.holdout)
     if not photos and not pairs:
         raise SrpieError("nothing to train the look on: give photos and/or pairs")
     look = look or GlobalLook()
@@ -162,3 +172,43 @@ def attach(upscaler: DeepSRPIE, look: GlobalLook, meta: dict | None = None) -> D
 def config_dict(cfg: LookConfig) -> dict:
     return {k: ([str(p) for p in v] if isinstance(v, list) else v) for k, v in asdict(cfg).items()} | {
         "srpie_version": __version__}
+
+
+def score(model: DeepSRPIE, cfg: LookConfig, sr_sets: list[Path]) -> dict:
+    """The scores a weights file carries: each SR set (Y) and each pair folder's held-out
+    pairs (RGB), as ``srpie eval`` computes them."""
+    from srpie_cli.data import PairSet
+    from srpie_cli.evaluate import evaluate_pairs, evaluate_sr, mean_score
+
+    scores = {}
+    for folder in sr_sets:
+        scores[f"{folder.name} (Y)"] = mean_score(evaluate_sr(model, folder))
+    for folder in cfg.pairs:
+        if cfg.holdout:
+            _, held = PairSet.from_folders([folder], model.scale, cfg.holdout)
+            scores[f"{folder.name} held-out (RGB)"] = mean_score(evaluate_pairs(model, held))
+    return scores
+
+
+def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: list[Path],
+               log: Callable[[str], None] = print) -> dict:
+    """Train the look, put it in front of ``init``'s upscaler, score it and write ``out``."""
+    import time
+
+    from srpie_cli.weights import load_model, save_weights
+
+    upscaler, up_meta = load_model(init)
+    if up_meta.get("untrained"):
+        raise SrpieError(f"{init}: no trained weights to put the look in front of")
+    t = time.time()
+    look = train_look(cfg, log)
+    model = attach(upscaler, look)
+    seconds = time.time() - t
+    scores = score(model, cfg, sr_sets)
+    meta = {"srpie_version": __version__, "command": command, "look_config": config_dict(cfg),
+            "upscaler": {"name": up_meta.get("name", init), "command": up_meta.get("command")},
+            "steps": cfg.steps, "train_seconds": round(seconds, 1), "scores": scores}
+    save_weights(out, model, meta)
+    log(f"wrote {out}")
+    return meta
+

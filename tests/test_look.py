@@ -1,0 +1,95 @@
+"""The global look: one colour mapping per photo, trained apart and put in front of an upscaler."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srpie_cli.look import LookConfig, apply_look, attach, retouch_damage, train_look
+from srpie_cli.metrics import look_stats, psnr, srgb_to_lab
+from srpie_cli.model import DeepSRPIE, GlobalLook, SRPIEConfig, colour_polynomial, identity_polynomial, with_strength
+from tests.test_model import perturbed
+
+
+def test_a_new_look_changes_nothing_and_the_polynomial_is_cubic():
+    x = torch.rand(2, 3, 16, 12)
+    look = GlobalLook()
+    assert torch.allclose(look(x, torch.rand(2, 3, 64, 64)), x)
+    terms = colour_polynomial(x)
+    assert terms.shape == (2, 13, 16, 12)
+    assert torch.allclose(terms[:, 6:9], x**3) and torch.equal(terms[:, 12], torch.ones_like(x[:, 0]))
+    assert torch.equal(identity_polynomial()[:, :3], torch.eye(3))
+
+
+def test_the_look_in_front_of_an_upscaler_at_strength_0_is_the_upscaler():
+    upscaler = perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval()
+    look = GlobalLook()
+    torch.nn.init.normal_(look.head[-1].weight, std=0.05)  # a look that does something
+    joint = attach(upscaler, look)
+    x = torch.rand(1, 3, 24, 20)
+    with torch.no_grad():
+        plain, looked = upscaler(x), joint(x)
+        assert (plain - looked).abs().max() > 1e-3
+        assert torch.allclose(with_strength(joint, 0.0)(x), plain, atol=1e-6)
+
+
+def test_the_look_gives_every_tile_the_thumbnail_of_the_whole_photo():
+    from srpie_cli.tiling import TileOptions, upscale
+
+    look = GlobalLook()
+    torch.nn.init.normal_(look.head[-1].weight, std=0.05)
+    joint = attach(perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    x = torch.rand(1, 3, 96, 80)
+    whole = upscale(joint, x, TileOptions(tile=0))
+    tiled = upscale(joint, x, TileOptions(tile=48, overlap=8))
+    assert psnr(tiled[0].permute(1, 2, 0).numpy(), whole[0].permute(1, 2, 0).numpy()) > 40
+
+
+def test_retouch_damage_never_over_saturates():
+    rng = np.random.default_rng(0)
+    img = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32) * 0.6 + 0.2
+    base = look_stats(img)["chroma"]
+    for _ in range(30):
+        damaged = retouch_damage(rng)(img)
+        assert damaged.shape == img.shape and 0 <= damaged.min() and damaged.max() <= 1
+        assert look_stats(damaged)["chroma"] < base * 1.35  # casts add a little; no saturation boost
+
+
+def test_lab_of_white_grey_and_red():
+    lab = srgb_to_lab(np.array([[[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [1.0, 0.0, 0.0]]]))
+    assert abs(lab[0, 0, 0] - 100) < 0.1 and abs(lab[0, 0, 1]) < 0.1 and abs(lab[0, 0, 2]) < 0.1
+    assert abs(lab[0, 1, 0] - 53.4) < 0.5
+    assert abs(lab[0, 2, 0] - 53.2) < 0.5 and abs(lab[0, 2, 1] - 80.1) < 0.5
+
+
+@pytest.mark.slow
+def test_a_short_training_learns_to_lift_a_dark_flat_photo(tmp_path):
+    """Good photos darkened and flattened, and their originals: a few hundred small steps
+    learn to undo it on a photo never trained on."""
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good"
+    good.mkdir()
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    for i in range(6):
+        img = np.stack([0.5 + 0.4 * np.sin(6 * xx + i), 0.5 + 0.4 * np.cos(5 * yy - i), 0.5 + 0.3 * np.sin(4 * (xx + yy))], -1)
+        Image.fromarray((np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1) * 255).astype(np.uint8)).save(good / f"{i}.png")
+    cfg = LookConfig(photos=[good], steps=150, batch_size=8, crop=64, side=96, lr=3e-3, clean_fraction=0.0)
+    look = train_look(cfg, log=lambda m: None)
+    target = np.asarray(Image.open(good / "0.png"), dtype=np.float32) / 255
+    dark = np.clip(target * 0.5 + 0.02, 0, 1).astype(np.float32)  # about a stop under, blacks lifted
+    out = apply_look(look, dark)
+    assert psnr(out, target) > psnr(dark, target) + 3
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5])
+def test_strength_scales_the_look_towards_the_identity(strength):
+    look = GlobalLook()
+    torch.nn.init.normal_(look.head[-1].weight, std=0.05)
+    torch.nn.init.normal_(look.head[-1].bias, std=0.05)
+    model = attach(DeepSRPIE(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    thumb = torch.rand(1, 3, 64, 64)
+    full = model.global_look.coefficients(thumb)
+    with_strength(model, strength)
+    scaled = model.global_look.coefficients(thumb)
+    ident = identity_polynomial()
+    assert torch.allclose(scaled, ident + strength * (full - ident), atol=1e-6)
