@@ -81,6 +81,7 @@ class FileResult:
     megapixels: float = 0.0  # input size
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, enhance, encode
     notes: list[str] = field(default_factory=list)  # metadata not carried over, retries
+    worker: dict | None = None  # --jobs, --ray: who made it (host, pid, Ray node); None in a local run
 
 
 @dataclass
@@ -117,8 +118,9 @@ PREVIEW_SUFFIX = "_srpie_preview"  # srpie preview's default sheet name: <photo>
 
 def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path]:
     """Photo files below ``root``, sorted, recursively; hidden entries and ``skip`` folders
-    left out. Folder symlinks are followed once (a loop ends there). What cannot be a photo
-    is recorded in ``errors`` and passed over: an unreadable folder, a photo name on
+    left out. Folder symlinks are followed once (a loop ends there). A file that looks like
+    a photo srpie cannot read (JPEG XL, PSD, a JPEG named .dat) is recorded as skipped with
+    the reason. What cannot be a photo is recorded in ``errors`` and passed over: an unreadable folder, a photo name on
     something that is not a regular file (a FIFO would hang the run), a symlink loop."""
     seen: set[tuple[int, int]] = set()
 
@@ -145,7 +147,11 @@ def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path
             if is_dir:
                 if _resolved(p) not in skip:
                     yield from visit(p)
-            elif images.format_of(p) and not is_preview_sheet(p):
+            elif is_preview_sheet(p):
+                continue
+            elif (foreign := images.foreign_reason(p)) is not None:
+                errors.append(FileResult(str(p), "skipped", reason=foreign))  # named, never passed over
+            elif images.format_of(p):
                 if (why := not_a_photo_file(p)) is not None:
                     errors.append(FileResult(str(p), "failed", reason=why))
                 else:
@@ -310,6 +316,8 @@ def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult]) -
                                               "shoot (name the file to enhance it again)"))
                 else:
                     sources.append((f, r / f.parent.relative_to(p), r))
+        elif (foreign := images.foreign_reason(p)) is not None:
+            results.append(FileResult(str(p), "failed", reason=foreign))
         elif not images.format_of(p):
             results.append(FileResult(str(p), "failed", reason=f"unsupported file type {p.suffix or '(none)'!r}"))
         elif (why := not_a_photo_file(p)) is not None:
@@ -533,7 +541,8 @@ def _reason(e: BaseException, path: Path | None = None) -> str:
 
 
 def run(p: Plan, settings: Settings, listener: Listener | None = None,
-        results: list[FileResult] | None = None, failed_decoding: set[str] | None = None) -> list[FileResult]:
+        results: list[FileResult] | None = None, failed_decoding: set[str] | None = None,
+        pool: Callable | None = None) -> list[FileResult]:
     """Enhance every job of the plan; returns one result per file (the plan's own first),
     appended to ``results`` as they come, so an interrupted run still knows what it did.
     ``failed_decoding`` collects the inputs whose own content failed them (for ``Failures``)."""
@@ -544,6 +553,11 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         listener.file_done(r)
     min_side = settings.tile if settings.tile is not None else defaults.CPU_TILE
     mp = estimate_megapixels(p.jobs, min_side=min_side) if settings.compile == "auto" else 0.0
+    if pool is not None:  # --jobs, --ray: ``pool(settings, mp)`` starts workers doing the same work (pool.py)
+        from srpie_cli.pool import run as run_pool
+
+        run_pool(p.jobs, pool(settings, mp), listener, results, failed_decoding if failed_decoding is not None else set())
+        return results
     enhancer = load(settings, listener.warn, mp)
     listener.start(len(p.jobs) + sum(j.fallback is not None for j in p.jobs), enhancer.meta, str(enhancer.device))
     _Runner(enhancer, listener, results, failed_decoding if failed_decoding is not None else set()).go(p.jobs)
@@ -698,7 +712,8 @@ class Outcome:
 
 def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Settings = Settings(),
             fmt: str | None = None, raw_jpeg: str = "raw", overwrite: bool = False,
-            report: Path | None = None, listener: Listener | None = None, retry_failed: bool = False) -> Outcome:
+            report: Path | None = None, listener: Listener | None = None, retry_failed: bool = False,
+            pool: Callable | None = None) -> Outcome:
     """Check everything that can be refused (paths, the report, the model, the device), then
     create and lock the output folders, plan, run, and write the report (also when
     interrupted: SIGINT and SIGTERM raise ``Interrupted`` after the report is written)."""
@@ -723,7 +738,7 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
         p = plan(inputs, output, fmt, raw_jpeg, overwrite,
                  failed_before=None if retry_failed else _recall(memory, inputs, roots))
         try:
-            run(p, settings, listener, results, failed_decoding)
+            run(p, settings, listener, results, failed_decoding, pool=pool)
         except Interrupted as e:
             interrupted = e
         except KeyboardInterrupt:

@@ -40,6 +40,8 @@ SUFFIXES: dict[str, str] = {
     ".png": "png",
     **dict.fromkeys((".tif", ".tiff"), "tiff"),
     ".webp": "webp",
+    **dict.fromkeys((".heic", ".heif", ".hif"), "heif"),  # phones (iPhone, Pixel, Galaxy), Canon's HEIF
+    ".avif": "avif",
     **dict.fromkeys((".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf",
                      ".orf", ".rw2", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".mrw",
                      ".x3f", ".rwl", ".dcr", ".kdc"), "raw"),
@@ -51,9 +53,90 @@ DEFAULT_QUALITY = defaults.QUALITY
 TMP_MARK = ".srpie-tmp"  # temporary output files: ".<name>.srpie-tmp<random>"
 
 
+def _heif_opener() -> bool:
+    """Pillow reads HEIC/HEIF through pillow-heif (a dependency; BSD-3, its wheels bundle
+    libheif, LGPL-3); AVIF through Pillow itself (11.3 and later). False where absent."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+HEIF = _heif_opener()
+
+
+def readable(kind: str | None) -> bool:
+    """Whether this installation decodes photos of ``kind`` (HEIF and AVIF need their codecs)."""
+    if kind == "heif":
+        return HEIF
+    if kind == "avif":
+        from PIL import features
+
+        return bool(features.check("avif"))
+    return kind is not None
+
+
 def format_of(path: Path) -> str | None:
-    """'jpeg', 'png', 'tiff', 'webp', 'raw' by extension (any case), or None."""
+    """'jpeg', 'png', 'tiff', 'webp', 'heif', 'avif', 'raw' by extension (any case), or None."""
     return SUFFIXES.get(path.suffix.lower())
+
+
+# Photo-like files srpie cannot enhance: named in a folder run, never passed over in silence
+FOREIGN: dict[str, str] = {
+    ".jxl": "JPEG XL", ".psd": "a Photoshop document", ".psb": "a Photoshop document", ".gif": "GIF",
+    ".bmp": "BMP", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".jpx": "JPEG 2000", ".exr": "OpenEXR",
+    ".hdr": "Radiance HDR", ".xcf": "a GIMP document", ".kra": "a Krita document", ".afphoto": "an Affinity document",
+    ".jxr": "JPEG XR", ".wdp": "JPEG XR", ".hdp": "JPEG XR", ".ico": "an icon", ".tga": "TGA", ".pcx": "PCX",
+    ".ppm": "PPM", ".pgm": "PGM", ".pbm": "PBM", ".svg": "SVG (a drawing)",
+}
+# files that travel with photos and are none: sidecars, video thumbnails and proxies, notes
+COMPANIONS = {".xmp", ".thm", ".lrv", ".pp3", ".dop", ".cos", ".cof", ".arp", ".on1", ".txt", ".json", ".toml",
+              ".md", ".csv", ".pdf", ".html", ".xml", ".log", ".lrcat", ".db", ".ini"}
+# (signature at offset 0, what it is); ISO-BMFF (HEIF, AVIF) is told by its brand (see sniff)
+MAGIC: list[tuple[bytes, str]] = [
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"), (b"8BPS", "a Photoshop document"),
+    (b"GIF8", "GIF"), (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"), (b"FUJIFILMCCD-RAW", "RAF (Fujifilm RAW)"),
+]
+_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF",
+           b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def sniff(path: Path) -> str | None:
+    """What photo format the first bytes of ``path`` say it is ("JPEG", "HEIC", "JPEG XL"...),
+    or None: how a photo with a wrong or missing extension is still named."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        return _BRANDS.get(head[8:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((what for sig, what in MAGIC if head.startswith(sig)), None)
+
+
+def foreign_reason(path: Path) -> str | None:
+    """Why a file that looks like a photo (by its extension or its first bytes) is not
+    enhanced, or None when it is one srpie reads, or no photo at all."""
+    kind = format_of(path)
+    if kind is not None:
+        if readable(kind):
+            return None
+        return (f"{kind.upper()} cannot be read by this installation "
+                + ("(install pillow-heif)" if kind == "heif" else "(Pillow 11.3 or later reads AVIF)"))
+    if path.suffix.lower() in COMPANIONS:
+        return None
+    what = FOREIGN.get(path.suffix.lower()) or sniff(path)
+    if what is None:
+        return None
+    if path.suffix.lower() in FOREIGN:
+        return f"{what}: not a format srpie reads (export a JPEG, TIFF or PNG to enhance it)"
+    return f"looks like {what} but its extension {path.suffix or '(none)'!r} does not say so: rename it to enhance it"
 
 
 @dataclass
@@ -436,10 +519,11 @@ def srgb_profile() -> bytes:
 # ----------------------------------------------------------------------------- writing
 
 def output_format(source: str, requested: str | None) -> str:
-    """jpeg -> jpeg, png -> png, tiff -> tiff, webp -> webp, raw -> tiff; ``requested`` wins."""
+    """jpeg -> jpeg, png -> png, tiff -> tiff, webp -> webp, raw -> tiff, heif and avif -> jpeg
+    (what every client opens); ``requested`` wins."""
     if requested:
         return requested
-    return "tiff" if source == "raw" else source
+    return {"raw": "tiff", "heif": "jpeg", "avif": "jpeg"}.get(source, source)
 
 
 def write_photo(path: str | os.PathLike, photo: Photo, fmt: str, quality: int = DEFAULT_QUALITY) -> list[str]:
