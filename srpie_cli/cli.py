@@ -152,6 +152,21 @@ def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, 
                     strength=strength)
 
 
+def _pool(jobs: int | None, ray: str | None):
+    """``batch.enhance``'s pool: Ray actors (--ray), worker processes (--jobs N), or None."""
+    if ray is not None:
+        from srpie_cli.cluster import actors
+
+        return actors(address=None if ray == "local" else ray, count=jobs)
+    if jobs and jobs > 1:
+        from functools import partial
+
+        from srpie_cli.pool import Processes
+
+        return partial(Processes, jobs=jobs)
+    return None
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME|FILE",
                                        help="Shipped model (srpie models) or a weights file.")]
 DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", rich_help_panel=ADVANCED)]
@@ -173,6 +188,14 @@ MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, metavar="
 ThreadsOpt = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
                                          help="CPU threads for the network (0: all; 1-2 on a busy shared machine).")]
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, metavar="Q", help="JPEG/WebP quality (4:4:4 chroma).")]
+JobsOpt = Annotated[Optional[int], typer.Option(
+    "--jobs", "-j", min=1, metavar="N", rich_help_panel=ADVANCED,
+    help="Worker processes, each with its own model and an equal share of the cores (many-core servers); "
+    "with --ray, the number of actors (default: one per GPU, or one per 4 CPUs).")]
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="ADDRESS", rich_help_panel=ADVANCED,
+    help='Process the photos on a Ray cluster: "local" (a Ray instance on this machine), "auto" or '
+    'ray://HOST:PORT (a running cluster). Paths must be the same on every node. Needs pip install "srpie[ray]".')]
 
 
 class _Lines:
@@ -300,6 +323,8 @@ def enhance(
     half: HalfOpt = False,
     threads: ThreadsOpt = 0,
     compile: CompileOpt = Compile.auto,
+    jobs: JobsOpt = None,
+    ray: RayOpt = None,
 ):
     """Enhance every photo at 2x, keeping its metadata; skips what is done, goes on past bad files.
 
@@ -312,7 +337,7 @@ def enhance(
     try:
         outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
                               overwrite=overwrite, report=report, listener=listener, retry_failed=retry_failed,
-                              settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile,
+                              pool=_pool(jobs, ray), settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile,
                                                  strength))
     except UsageError as e:
         raise fail(_esc(e), EXIT_USAGE) from None
