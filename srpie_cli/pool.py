@@ -48,9 +48,9 @@ class Staged(Enhancer):
         self.stage = DECODE
         return super().process(src, dst, fmt)
 
-    def enhance(self, photo, on_retry=None):
+    def enhance(self, photo, *args, **kw):
         self.stage = ENHANCE
-        out = super().enhance(photo, on_retry=on_retry)
+        out = super().enhance(photo, *args, **kw)
         self.stage = ENCODE
         return out
 
