@@ -36,7 +36,8 @@ def actors(address: str | None = None, count: int | None = None, cpus: int | Non
     """``batch.enhance``'s ``pool`` for a Ray cluster: ``address`` None starts a local Ray
     instance on this machine, ``"auto"`` or ``"ray://host:port"`` joins a running cluster.
     ``count`` actors (default: one per GPU, else one per ``cpus`` CPUs), ``cpus`` CPUs each
-    (default: 1 beside a GPU, else ``CPUS_PER_ACTOR``). A usage error without Ray."""
+    (default: 1 beside a GPU, else an equal share of the cluster's CPUs for ``count`` actors,
+    else ``CPUS_PER_ACTOR``). A usage error without Ray."""
     from srpie_cli.batch import UsageError
 
     try:
@@ -97,7 +98,7 @@ class Actors:
         have = ray.cluster_resources()
         gpu = settings.device != "cpu" and have.get("GPU", 0) >= 1
         total_cpus = int(have.get("CPU", 1))
-        per = cpus or (1 if gpu else max(1, min(CPUS_PER_ACTOR, total_cpus)))
+        per = cpus or (1 if gpu else max(1, total_cpus // count if count else min(CPUS_PER_ACTOR, total_cpus)))
         n = count or (int(have["GPU"]) if gpu else max(1, total_cpus // per))
         room = int(have.get("GPU", 0)) if gpu else total_cpus // per
         if n > room:
@@ -130,7 +131,12 @@ class Actors:
 
     def wait(self) -> list[tuple[Any, Result]]:
         ray = self.ray
-        ready, _ = ray.wait(list(self.inflight), num_returns=1)
+        with _signals_deferred() as pending:  # raised inside ray.wait, they would come out as SystemError
+            ready: list = []
+            while not ready and not pending:
+                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.25)
+        if pending:
+            _deliver(*pending[0])
         ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0) if len(self.inflight) > 1 \
             else (ready, None)
         out = []
@@ -184,3 +190,29 @@ def _init(address: str | None) -> None:
     finally:
         if main and term is not None:
             signal.signal(signal.SIGTERM, term)
+
+
+class _signals_deferred:
+    """SIGINT and SIGTERM held while Ray's C code waits, delivered after (``_deliver``)."""
+
+    def __enter__(self) -> list:
+        self.pending: list = []
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, lambda signum, frame: self.pending.append((signum, self.saved)))
+        return self.pending
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _deliver(signum: int, saved: dict) -> None:
+    """A signal held by ``_signals_deferred``, to the handler it would have reached."""
+    handler = saved.get(signum)
+    if callable(handler):
+        handler(signum, None)
+    elif handler != signal.SIG_IGN:
+        signal.raise_signal(signum)

@@ -78,3 +78,24 @@ def test_an_actor_killed_mid_run_costs_nothing(local_ray, tmp_path, tiny_model):
     assert len(out.results) == 10
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"IMG_{i:04d}.jpg" for i in range(10)]
     assert not [p for p in (tmp_path / "o").rglob("*") if images.TMP_MARK in p.name]
+
+
+def test_an_interrupt_stops_the_actors_and_a_rerun_does_the_rest(local_ray, tmp_path, tiny_model):
+    for i in range(8):
+        write_jpeg(tmp_path / "s" / f"IMG_{i:04d}.jpg", 48, 64, seed=i)
+    settings = Settings(model=str(tiny_model), threads=1)
+
+    class StopAfterOne(batch.Listener):
+        def file_done(self, result):
+            if result.status == "done":
+                raise KeyboardInterrupt
+
+    with pytest.raises(batch.Interrupted):
+        batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=settings, pool=two_actors(),
+                      listener=StopAfterOne(), report=tmp_path / "run.json")
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["interrupted"] == "SIGINT" and doc["summary"]["done"] >= 1 and sum(doc["summary"].values()) == 8
+    assert not [p for p in (tmp_path / "o").rglob("*") if images.TMP_MARK in p.name]
+    rest = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=settings, pool=two_actors())
+    assert rest.count("done") + rest.count("skipped") == 8 and rest.count("skipped") >= 1
+    assert len(list((tmp_path / "o").iterdir())) == 8
