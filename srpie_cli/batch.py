@@ -95,7 +95,15 @@ class Plan:
 class Listener:
     """What the batch says while it runs; the CLI draws progress from it. Default: silence."""
 
+    wants_estimate = False  # True: the run times its model (cached, a few seconds) and calls ``sizes``
+
     def start(self, total: int, model: dict, device: str) -> None: ...
+
+    def sizes(self, megapixels: dict[str, float], seconds: float | None) -> None:
+        """Each job's input megapixels (from its header) and the estimated seconds of the run."""
+
+    def tiles(self, src: str, done: int, total: int) -> None:
+        """Progress within one photo: ``done`` of its ``total`` tiles."""
 
     def warn(self, message: str) -> None: ...
 
@@ -558,10 +566,45 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
 
         run_pool(p.jobs, pool(settings, mp), listener, results, failed_decoding if failed_decoding is not None else set())
         return results
+    t = time.perf_counter()
     enhancer = load(settings, listener.warn, mp)
+    loaded = time.perf_counter() - t
     listener.start(len(p.jobs) + sum(j.fallback is not None for j in p.jobs), enhancer.meta, str(enhancer.device))
+    if getattr(listener, "wants_estimate", False):
+        _announce(p.jobs, enhancer, listener, loaded)
     _Runner(enhancer, listener, results, failed_decoding if failed_decoding is not None else set()).go(p.jobs)
     return results
+
+
+def header_sizes(jobs: Sequence[Job]) -> dict[Path, tuple[int, int] | str]:
+    """Each job's (width, height) from its header, or the reason the header cannot be read."""
+    from srpie_cli import estimate
+
+    sizes: dict[Path, tuple[int, int] | str] = {}
+    for job in jobs:
+        try:
+            sizes[job.src] = estimate.header_size(job.src)
+        except SrpieError as e:
+            sizes[job.src] = _reason(e, job.src)
+    return sizes
+
+
+def _announce(jobs: Sequence[Job], enhancer, listener: Listener, loaded: float) -> None:
+    """Tell the listener every photo's megapixels and the run's estimate (the model timed once
+    on this machine, then cached: ``estimate``)."""
+    import torch
+
+    from srpie_cli import estimate
+
+    sizes = {k: v for k, v in header_sizes(jobs).items() if not isinstance(v, str)}
+    s = enhancer.settings
+    key = estimate.cache_key(s, str(enhancer.device), s.threads or torch.get_num_threads())
+    cost = estimate.cached(key)
+    if cost is None:
+        cost = estimate.calibrate(enhancer, loaded)
+        estimate.remember(key, cost)
+    secs = estimate.seconds(cost, sizes.values(), s, s.tile, getattr(enhancer.model, "compiled", False)) - cost.load
+    listener.sizes({str(k): w * h / 1e6 for k, (w, h) in sizes.items()}, secs)
 
 
 class _Runner:
@@ -652,7 +695,8 @@ class _Runner:
         res.notes += photo.notes  # what the decoder noted reaches the log and the report
         try:
             t = time.perf_counter()
-            out = self.enhancer.enhance(photo, on_retry=res.notes.append)
+            out = self.enhancer.enhance(photo, on_retry=res.notes.append,
+                                        on_tile=lambda done, n, src=str(j.src): self.listener.tiles(src, done, n))
             res.timings["enhance"] = round(time.perf_counter() - t, 3)
             del photo
             folder = j.dst.parent
@@ -755,6 +799,51 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     if interrupted:
         raise interrupted
     return outcome
+
+
+@dataclass
+class DryRun:
+    """What ``enhance`` would do, from headers alone: nothing is written."""
+
+    jobs: list[tuple[Job, tuple[int, int]]]  # what would be enhanced, with its size (w, h)
+    results: list[FileResult]  # what would be skipped or fail (headers only)
+    megapixels: float
+    seconds: float  # estimated, model loading included
+    how: str  # how the model's speed was found (cached, or calibrated now)
+    device: str
+    tile: int
+
+
+def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Settings = Settings(),
+            fmt: str | None = None, raw_jpeg: str = "raw", overwrite: bool = False, retry_failed: bool = False,
+            warn: Callable[[str], None] = lambda m: None) -> DryRun:
+    """``enhance`` without the work: the plan, every photo's header read, the total megapixels
+    and an estimate for this machine. Creates no folder, takes no lock, writes nothing in the
+    output folder (the model's calibration is cached in the user's cache folder)."""
+    from srpie_cli import estimate
+
+    inputs = [Path(i) for i in inputs]
+    roots = output_roots(inputs, output, raw_jpeg)
+    check_settings(settings)
+    memory = {r: Failures(r) for r in dict.fromkeys(roots)}  # read only
+    p = plan(inputs, output, fmt, raw_jpeg, overwrite,
+             failed_before=None if retry_failed else _recall(memory, inputs, roots))
+    jobs, results = [], list(p.results)
+    for job in p.jobs:
+        size = header_sizes([job])[job.src]
+        if isinstance(size, str):
+            results.append(FileResult(str(job.src), "failed", reason=size))
+        elif size[0] * size[1] / 1e6 > settings.max_megapixels:
+            results.append(FileResult(str(job.src), "failed", reason=f"refused: {size[0]}x{size[1]} is above the "
+                                      f"{settings.max_megapixels:g} MP limit"))
+        else:
+            jobs.append((job, size))
+    mp = sum(w * h for _, (w, h) in jobs) / 1e6
+    cost, compiled, tile, how = estimate.cost_for(settings, mp, warn)
+    secs = estimate.seconds(cost, [size for _, size in jobs], settings, tile, compiled)
+    from srpie_cli.tiling import pick_device
+
+    return DryRun(jobs, results, mp, secs, how, str(pick_device(settings.device)), tile)
 
 
 def _recall(memory: dict[Path, Failures], inputs: Sequence[Path], roots: Sequence[Path]) -> Callable[[Path], str | None]:

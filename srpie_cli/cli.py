@@ -198,8 +198,24 @@ RayOpt = Annotated[Optional[str], typer.Option(
     'ray://HOST:PORT (a running cluster). Paths must be the same on every node. Needs pip install "srpie[ray]".')]
 
 
+def _sig(x: float) -> str:
+    """A speed with three significant digits: 0.0138, 1.25, 412 (never 0.01)."""
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    """About 40 s, 3 min, 1 h 20 min: an estimate reads in round figures."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):.0f} min"
+
+
 class _Lines:
     """Plain line-per-file log on stderr (cron, pipes)."""
+
+    wants_estimate = True  # the header says the run's megapixels and an estimate (batch.Listener)
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -208,6 +224,14 @@ class _Lines:
         if not self.quiet:
             err.print(f"srpie {__version__}: {total} photo(s), model {model.get('name')}, {device}", highlight=False)
 
+    def sizes(self, megapixels, seconds):
+        if not self.quiet:
+            eta = f", about {_duration(seconds)} on this machine" if seconds is not None else ""
+            err.print(f"{sum(megapixels.values()):.1f} MP to enhance{eta}", highlight=False)
+
+    def tiles(self, src, done, total):
+        pass
+
     def warn(self, message):
         err.print(f"[bold yellow]warning:[/] {_esc(message)}", highlight=False, soft_wrap=True)
 
@@ -215,7 +239,9 @@ class _Lines:
         if r.status == "failed":
             err.print(f"[red]failed[/] {_esc(r.input)}: {_esc(r.reason)}", highlight=False, soft_wrap=True)
         elif not self.quiet:
-            detail = {"done": f"-> {r.output} ({r.megapixels:.1f} MP, {sum(r.timings.values()):.1f} s)",
+            secs = sum(r.timings.values())
+            speed = f", {_sig(r.megapixels / r.timings['enhance'])} MP/s" if r.timings.get("enhance") else ""
+            detail = {"done": f"-> {r.output} ({r.megapixels:.1f} MP, {secs:.1f} s{speed})",
                       "skipped": f"({r.reason})"}.get(r.status, r.reason or "")
             err.print(_shown(f"{r.status} {r.input} {detail}"), highlight=False, soft_wrap=True, markup=False)
             for note in r.notes:
@@ -223,24 +249,38 @@ class _Lines:
 
 
 class _Bar(_Lines):
-    """A rich progress bar (files, megapixels per second, ETA) on a terminal."""
+    """A rich progress bar on a terminal, in megapixels: a large frame moves it tile by tile,
+    and the time left counts the megapixels left, not the files."""
 
     def __init__(self):
         super().__init__(quiet=False)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]enhance"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[mps]:.2f} MP/s"), TimeRemainingColumn(), console=err)
+        self.progress = Progress(TextColumn("[bold]enhance"), BarColumn(), TextColumn("{task.fields[files]}"),
+                                 TextColumn("{task.fields[mps]} MP/s"), TimeRemainingColumn(), console=err)
         self.task = None
-        self.mp, self.t0 = 0.0, None
+        self.mp, self.t0, self.total, self.n = 0.0, None, 0, 0
+        self.per_file: dict[str, float] | None = None  # megapixels of each job, once known
+        self.finished = 0.0  # megapixels of the jobs settled
 
     def start(self, total, model, device):
         import time
 
         super().start(total, model, device)
-        self.t0 = time.perf_counter()
-        self.task = self.progress.add_task("enhance", total=total, mps=0.0)
+        self.t0, self.total = time.perf_counter(), total
+        self.task = self.progress.add_task("enhance", total=total, mps="-", files=f"0/{total} photos")
         self.progress.start()
+
+    def sizes(self, megapixels, seconds):
+        self.progress.console.print(f"{sum(megapixels.values()):.1f} MP to enhance"
+                                    + (f", about {_duration(seconds)} on this machine" if seconds is not None else ""),
+                                    highlight=False)
+        self.per_file = megapixels
+        self.progress.update(self.task, total=max(sum(megapixels.values()), 1e-9), completed=0)
+
+    def tiles(self, src, done, total):
+        if self.per_file is not None and total:
+            self.progress.update(self.task, completed=self.finished + self.per_file.get(src, 0.0) * done / total)
 
     def file_done(self, r):
         import time
@@ -249,9 +289,15 @@ class _Bar(_Lines):
             self.progress.console.print(f"[red]failed[/] {_esc(r.input)}: {_esc(r.reason)}", highlight=False, soft_wrap=True)
         if self.task is None:  # the plan's own results come before the bar starts
             return
+        self.n += 1
         self.mp += r.megapixels if r.status == "done" else 0.0
         elapsed = max(time.perf_counter() - self.t0, 1e-6)
-        self.progress.update(self.task, advance=1, mps=self.mp / elapsed)
+        fields = {"mps": _sig(self.mp / elapsed), "files": f"{self.n}/{self.total} photos"}
+        if self.per_file is None:
+            self.progress.update(self.task, advance=1, **fields)
+        else:
+            self.finished += self.per_file.get(r.input, 0.0)
+            self.progress.update(self.task, completed=self.finished, **fields)
 
     def stop(self):
         self.progress.stop()
@@ -325,6 +371,9 @@ def enhance(
     compile: CompileOpt = Compile.auto,
     jobs: JobsOpt = None,
     ray: RayOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what would be done, skipped and failed (headers only), the megapixels and how long "
+        "it would take here; write nothing.")] = False,
 ):
     """Enhance every photo at 2x, keeping its metadata; skips what is done, goes on past bad files.
 
@@ -333,6 +382,10 @@ def enhance(
     from srpie_cli.batch import Interrupted, UsageError
     from srpie_cli.batch import enhance as run_enhance
 
+    if dry_run:
+        settings = _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile, strength)
+        raise typer.Exit(_dry_run(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
+                                  overwrite=overwrite, retry_failed=retry_failed, settings=settings))
     listener = _Bar() if (err.is_terminal and not quiet) else _Lines(quiet)
     try:
         outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
@@ -352,6 +405,28 @@ def enhance(
     if not quiet:
         _summary(outcome, report)
     raise typer.Exit(outcome.exit_code)
+
+
+def _dry_run(**kw) -> int:
+    """``enhance --dry-run``: the plan on stdout, one line a file, then the totals and the estimate."""
+    from srpie_cli.batch import UsageError, dry_run
+
+    try:
+        d = dry_run(**kw, warn=lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False))
+    except UsageError as e:
+        raise fail(_esc(e), EXIT_USAGE) from None
+    except SrpieError as e:
+        raise fail(_esc(e), EXIT_FAILED) from None
+    for job, (w, h) in d.jobs:
+        out.print(_shown(f"would enhance {job.src} -> {job.dst} ({w}x{h}, {w * h / 1e6:.1f} MP)"),
+                  highlight=False, soft_wrap=True, markup=False)
+    for r in d.results:
+        verb = {"skipped": "would skip", "failed": "would fail"}.get(r.status, r.status)
+        out.print(_shown(f"{verb} {r.input}: {r.reason}"), highlight=False, soft_wrap=True, markup=False)
+    skipped = sum(r.status == "skipped" for r in d.results)
+    out.print(f"{len(d.jobs)} to enhance ({d.megapixels:.1f} MP), {skipped} to skip, {len(d.results) - skipped} "
+              f"would fail; about {_duration(d.seconds)} on {d.device} ({d.how}); nothing written", highlight=False)
+    return 0
 
 
 @app.command()

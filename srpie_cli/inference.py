@@ -58,9 +58,10 @@ class Enhancer:
     def __init__(self, model, meta: dict, device, settings: Settings):
         self.model, self.meta, self.device, self.settings = model, meta, device, settings
 
-    def enhance(self, photo: Photo, on_retry: Callable[[str], None] | None = None) -> Photo:
+    def enhance(self, photo: Photo, on_retry: Callable[[str], None] | None = None,
+                on_tile: Callable[[int, int], None] | None = None) -> Photo:
         """The network on the pixels; see ``enhance_photo``."""
-        return enhance_photo(self.model, photo, self.settings, on_retry=on_retry)
+        return enhance_photo(self.model, photo, self.settings, on_retry=on_retry, on_tile=on_tile)
 
     def decode(self, src: Path) -> Photo:
         return images.read_photo(src, self.settings.max_megapixels)
@@ -115,11 +116,13 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
     return Enhancer(model, meta, device, settings)
 
 
-def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[str], None] | None = None) -> Photo:
+def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[str], None] | None = None,
+                  on_tile: Callable[[int, int], None] | None = None) -> Photo:
     """The network on the pixels (2x, enhanced); alpha upscaled bicubic, not enhanced. A
     black-and-white photo (``images.is_monochrome``) comes back neutral grey: the output's
     luma (BT.601) in all three channels, so no model can tint it. SrpieError when the
-    network's output is not finite (broken weights): no black photo is written."""
+    network's output is not finite (broken weights): no black photo is written.
+    ``on_tile(done, total)``: progress within the photo, in tiles (``tiling.upscale``)."""
     import torch
 
     from srpie_cli.model import upsample_bicubic
@@ -134,7 +137,7 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
                        fit=not compiled)
     x = to_tensor(images.to_float(photo.pixels))
-    y = upscale(model, x, opts, on_retry=on_retry)
+    y = upscale(model, x, opts, on_retry=on_retry, on_tile=on_tile)
     if not bool(torch.isfinite(y).all()):
         raise SrpieError("the network's output is not finite (NaN or infinity): the model's weights are broken")
     if images.is_monochrome(photo.pixels):  # in place: a 24 MP output is 1.2 GB of float32

@@ -119,7 +119,8 @@ def _clip(a: int, b: int, scale: int, margin: int, length: int) -> tuple[slice, 
 
 
 def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap: int,
-              tile_batch: int = 4, half: bool = False, fit: bool = True) -> torch.Tensor:
+              tile_batch: int = 4, half: bool = False, fit: bool = True,
+              on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Apply ``model`` to ``x`` (1 x 3 x H x W, float32, on the CPU) tile by tile on the
     model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped. A network with a
     global context gets the thumbnail of the whole of ``x`` with every tile.
@@ -127,7 +128,8 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
     Memory: besides the tiles in flight, only the reflection-padded input and the output
     itself. Each tile adds its part inside the image straight into the output (the padding
     is never written), and the weights are separable (tile (i, j) is ``wy_i (x) wx_j``), so
-    their sum is ``ny (x) nx``: two vectors instead of a full-size normaliser."""
+    their sum is ``ny (x) nx``: two vectors instead of a full-size normaliser.
+    ``on_tile(done, total)`` is told after every batch of tiles (progress within a photo)."""
     device = next(model.parameters()).device
     _, c, h, w = x.shape
     margin = min(overlap, h - 1, w - 1)  # the same in whole-image mode, so both agree at the edges
@@ -154,6 +156,8 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
             ox, tx = _clip(*xs[j], scale, margin, w)
             wt = wys[i][ty, None] * wxs[j][None, tx]
             out[0, :, oy, ox].addcmul_(t[:, ty, tx], wt)
+        if on_tile is not None:
+            on_tile(k + len(chunk), len(jobs))
     out.div_(_axis_norm(ys, wys, scale, margin, h)[:, None]).div_(_axis_norm(xs, wxs, scale, margin, w))
     return out
 
@@ -162,18 +166,23 @@ FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
 
 
 def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions(),
-            on_retry: Callable[[str], None] | None = None) -> torch.Tensor:
+            on_retry: Callable[[str], None] | None = None,
+            on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Enhance and upscale one image: 1 x 3 x H x W in [0, 1] (CPU) -> 1 x 3 x sH x sW in
-    [0, 1] (CPU). Self-ensemble averages the four flips when ``opts.tta``."""
+    [0, 1] (CPU). Self-ensemble averages the four flips when ``opts.tta``. ``on_tile(done,
+    total)``: progress in tiles, the four flips counted as one run."""
     scale = model.scale
     device = next(model.parameters()).device
     tile = opts.tile
     while True:
         try:
             acc = None
-            for dims in (FLIPS if opts.tta else FLIPS[:1]):
+            flips = FLIPS if opts.tta else FLIPS[:1]
+            for f, dims in enumerate(flips):
                 xi = x.flip(dims) if dims else x
-                y = run_tiled(model, xi, scale, tile, opts.overlap, opts.tile_batch, opts.half, opts.fit)
+                told = None if on_tile is None else \
+                    (lambda done, n, f=f, k=len(flips): on_tile(f * n + done, k * n))
+                y = run_tiled(model, xi, scale, tile, opts.overlap, opts.tile_batch, opts.half, opts.fit, told)
                 y = y.flip(dims) if dims else y
                 acc = y if acc is None else acc.add_(y)
                 del y  # a 24 MP output is 1.2 GB: never hold two besides the sum

@@ -176,3 +176,4 @@ def _private_state(tmp_path_factory, monkeypatch):
     """srpie remembers failed files in $XDG_STATE_HOME/srpie: tests keep theirs apart from the
     user's and from each other's."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))  # the speed calibration

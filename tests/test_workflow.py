@@ -110,3 +110,71 @@ def test_real_iphone_heic_is_read_upright_with_exif_gps_and_icc(tmp_path, tiny_m
     assert out.count("done") == 1
     with Image.open(tmp_path / "o/sample.jpg") as im:
         assert im.size == (1280, 852) and "exif" in im.info and b"x:xmpmeta" in im.info.get("xmp", b"")
+
+
+# ----------------------------------------------------------------------------- know before you commit
+
+def small_shoot(root: Path, n: int = 3, h: int = 200, w: int = 300) -> Path:
+    for i in range(n):
+        write_jpeg(root / f"IMG_{i:04d}.jpg", h, w, seed=i)
+    return root
+
+
+def test_dry_run_writes_nothing_and_estimates_within_a_factor_of_2(tmp_path, tiny_model):
+    import time
+
+    shoot = small_shoot(tmp_path / "shoot")
+    (shoot / "bad.jpg").write_text("not a photo")
+    (shoot / "IMG_9.jxl").write_bytes(b"\xff\x0a" + bytes(32))
+    settings = Settings(model=str(tiny_model), device="cpu", threads=1)
+    d = batch.dry_run(inputs=[shoot], output=tmp_path / "out", settings=settings)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "shoot_srpie").exists()
+    assert len(d.jobs) == 3 and d.megapixels == pytest.approx(3 * 0.06)
+    assert {Path(r.input).name: r.status for r in d.results} == {"bad.jpg": "failed", "IMG_9.jxl": "skipped"}
+    assert "calibrated now" in d.how
+    again = batch.dry_run(inputs=[shoot], output=tmp_path / "out", settings=settings)
+    assert again.how == "calibration cached" and not (tmp_path / "out").exists()
+    t = time.perf_counter()
+    out = batch.enhance(inputs=[shoot], output=tmp_path / "out", settings=settings)
+    real = time.perf_counter() - t
+    assert out.count("done") == 3
+    assert real / 2 <= again.seconds <= real * 2, (again.seconds, real)
+
+
+def test_dry_run_on_the_command_line(tmp_path, tiny_model):
+    from typer.testing import CliRunner
+
+    from srpie_cli.cli import app
+
+    shoot = small_shoot(tmp_path / "shoot", n=2, h=24, w=32)
+    r = CliRunner().invoke(app, ["enhance", str(shoot), "--dry-run", "--model", str(tiny_model), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "would enhance" in r.output and "0.0 MP" in r.output and "nothing written" in r.output
+    assert not (tmp_path / "shoot_srpie").exists()
+
+
+def test_progress_counts_megapixels_and_tiles(tmp_path, tiny_model):
+    seen = []
+
+    class Watch(batch.Listener):
+        wants_estimate = True
+
+        def sizes(self, megapixels, seconds):
+            seen.append(("sizes", sum(megapixels.values()), seconds))
+
+        def tiles(self, src, done, total):
+            seen.append(("tiles", Path(src).name, done, total))
+
+    shoot = small_shoot(tmp_path / "shoot", n=1, h=200, w=300)
+    batch.enhance(inputs=[shoot], output=tmp_path / "out", listener=Watch(),
+                  settings=Settings(model=str(tiny_model), device="cpu", tile=96))
+    assert seen[0][0] == "sizes" and seen[0][1] == pytest.approx(0.06) and seen[0][2] > 0
+    tiles = [s for s in seen if s[0] == "tiles"]
+    assert tiles[-1][2] == tiles[-1][3] > 1 and len(tiles) > 1  # a frame of several tiles shows progress within
+
+
+def test_speeds_print_with_significant_digits():
+    from srpie_cli.cli import _duration, _sig
+
+    assert _sig(0.013812) == "0.0138" and _sig(12.345) == "12.3"
+    assert _duration(40) == "40 s" and _duration(600) == "10 min"
