@@ -3,6 +3,8 @@
     python benchmarks/shoot.py --smoke                      # seconds: tiny photos, CI
     python benchmarks/shoot.py --photos 4 --megapixels 2    # by hand
     python benchmarks/shoot.py --models srpie-x2 srpie-x2-fast --device cuda --photos 20 --megapixels 24
+    python benchmarks/shoot.py --models srpie-x2-fast --jobs 1 2 --photos 12 --megapixels 0.5   # --jobs N
+    python benchmarks/shoot.py --models srpie-x2-fast --jobs 1 2 --ray local --photos 12        # Ray actors
 
 Each model (the first is the baseline, today's default) enhances the same synthetic shoot:
 camera-like JPEGs with EXIF, an ICC profile and detail at every scale, written at 2x as
@@ -12,7 +14,10 @@ before the network, encode, the write and its verification. Printed per model: i
 of the whole shoot, where the time went (decode, network, encode: each photo's timings from
 the run's own report), and the ratio against the baseline measured in the same process.
 Outputs of each model are compared with the baseline's only when both are the same model
-(a precision or compile change): PSNR in dB.
+(a precision or compile change): PSNR in dB. ``--jobs 1 2`` runs each model with each number
+of worker processes (``srpie enhance --jobs``; with ``--ray ADDRESS``, that many Ray actors
+instead), the first row of a model being its baseline; each row says whether its outputs
+are byte for byte the first row's.
 """
 
 from __future__ import annotations
@@ -55,9 +60,9 @@ def make_shoot(folder: Path, photos: int, megapixels: float, seed: int = 0) -> f
     return photos * w * h / 1e6
 
 
-def run_one(shoot: Path, out: Path, settings: Settings) -> dict:
+def run_one(shoot: Path, out: Path, settings: Settings, pool=None) -> dict:
     t = time.perf_counter()
-    outcome = batch.enhance(inputs=[shoot], output=out, settings=settings)
+    outcome = batch.enhance(inputs=[shoot], output=out, settings=settings, pool=pool)
     seconds = time.perf_counter() - t
     done = [r for r in outcome.results if r.status == "done"]
     if len(done) != len(outcome.results):
@@ -89,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", default="off", choices=("auto", "on", "off"))
     ap.add_argument("--smoke", action="store_true", help="2 photos of 0.05 MP: checks the code path only")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--jobs", type=int, nargs="+", default=[1], metavar="N",
+                    help="worker processes (or Ray actors with --ray) for each model, e.g. --jobs 1 2")
+    ap.add_argument("--ray", metavar="ADDRESS", help='Ray actors instead of processes: "local", "auto" or ray://...')
     args = ap.parse_args(argv)
     if args.smoke:
         args.photos, args.megapixels = 2, 0.05
@@ -97,15 +105,21 @@ def main(argv: list[str] | None = None) -> dict:
         total = make_shoot(tmp / "shoot", args.photos, args.megapixels)
         print(f"shoot: {args.photos} photos, {total:.2f} MP in all, device {args.device}")
         rows = []
-        for i, name in enumerate(args.models):
+        for i, (name, jobs) in enumerate((m, j) for m in args.models for j in args.jobs):
             s = Settings(model=name, device=args.device, threads=args.threads, compile=args.compile)
-            row = run_one(tmp / "shoot", tmp / f"out{i}", s)
+            row = run_one(tmp / "shoot", tmp / f"out{i}", s, _pool(jobs, args.ray))
+            if len(args.jobs) > 1 or args.ray:
+                row["jobs"] = jobs
+                first = args.models.index(name) * len(args.jobs)
+                row["identical_to_first"] = _same(tmp / f"out{first}", tmp / f"out{i}")
             rows.append(row)
             sp = row["split_seconds"]
-            print(f"{name:18s} {row['mp_s']:.4g} input MP/s  {row['seconds']:.3g} s  "
-                  f"(decode {sp['decode']:.3g} s, network {sp['enhance']:.3g} s, encode {sp['encode']:.3g} s)")
+            label = name + (f" x{jobs} {'actors' if args.ray else 'jobs'}" if "jobs" in row else "")
+            print(f"{label:18s} {row['mp_s']:.4g} input MP/s  {row['seconds']:.3g} s  "
+                  f"(decode {sp['decode']:.3g} s, network {sp['enhance']:.3g} s, encode {sp['encode']:.3g} s)"
+                  + ("" if "jobs" not in row else f"  identical: {row['identical_to_first']}"))
         base = rows[0]
-        ratios = {r["model"]: r["mp_s"] / base["mp_s"] for r in rows[1:]}
+        ratios = {r["model"] + (f" x{r['jobs']}" if "jobs" in r else ""): r["mp_s"] / base["mp_s"] for r in rows[1:]}
         for name, ratio in ratios.items():
             print(f"{name} against {base['model']}: {ratio:.3g}x")
         same = [i for i, r in enumerate(rows[1:], 1) if r["model"] == base["model"]]
@@ -115,6 +129,24 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return report
+
+
+def _pool(jobs: int, ray: str | None):
+    """``batch.enhance``'s pool for ``jobs`` workers: as ``srpie enhance --jobs N [--ray ADDRESS]``."""
+    from srpie_cli.cli import _pool as cli_pool
+
+    return cli_pool(jobs, ray)
+
+
+def _same(a: Path, b: Path) -> bool | int:
+    """True when the two folders hold the same bytes, else the largest pixel difference
+    (PyTorch's CPU kernels round differently with another thread count: 1 level in a few
+    pixels; ``--threads`` equal to each worker's share gives the same bytes)."""
+    if {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}:
+        return True
+    return max(int(np.abs(np.asarray(Image.open(f), dtype=np.int16) - np.asarray(Image.open(b / f.name),
+                                                                                   dtype=np.int16)).max())
+               for f in a.iterdir())
 
 
 if __name__ == "__main__":

@@ -99,3 +99,18 @@ def test_an_interrupt_stops_the_actors_and_a_rerun_does_the_rest(local_ray, tmp_
     rest = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=settings, pool=two_actors())
     assert rest.count("done") + rest.count("skipped") == 8 and rest.count("skipped") >= 1
     assert len(list((tmp_path / "o").iterdir())) == 8
+
+
+def test_two_nodes_on_one_machine(tmp_path):
+    """benchmarks/ray_two_nodes.py: a head and a second raylet (their own temporary
+    folders, one CPU and a resource each), a shoot across both: every photo done, both
+    nodes in the report, outputs byte for byte a local run's, both nodes stopped."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/ray_two_nodes.py"), "--photos", "6", "--port", "6397"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    doc = json.loads(r.stdout[r.stdout.index("{"):])
+    assert doc["nodes"] == 2 and doc["done"] == 6 and doc["byte_identical"]
+    assert "stopped" in r.stderr
