@@ -190,12 +190,12 @@ ThreadsOpt = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADV
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, metavar="Q", help="JPEG/WebP quality (4:4:4 chroma).")]
 JobsOpt = Annotated[Optional[int], typer.Option(
     "--jobs", "-j", min=1, metavar="N", rich_help_panel=ADVANCED,
-    help="Worker processes, each with its own model and an equal share of the cores (many-core servers); "
-    "with --ray, the number of actors (default: one per GPU, or one per 4 CPUs).")]
+    help="Worker processes, each with its own model and an equal share of the cores, or --threads each "
+    "(many-core servers); with --ray, the number of actors (default: one per GPU, or one per 4 CPUs).")]
 RayOpt = Annotated[Optional[str], typer.Option(
     "--ray", metavar="ADDRESS", rich_help_panel=ADVANCED,
-    help='Process the photos on a Ray cluster: "local" (a Ray instance on this machine), "auto" or '
-    'ray://HOST:PORT (a running cluster). Paths must be the same on every node. Needs pip install "srpie[ray]".')]
+    help='Process the photos on a Ray cluster: "local" (a Ray instance on this machine), "auto", HOST:PORT or '
+    'ray://HOST:PORT (a running cluster). Paths must be the same on every node. Needs pip install "srpie\\[ray]".')]
 
 
 def _sig(x: float) -> str:

@@ -15,6 +15,11 @@ full disk, and turns each result into the ``FileResult`` a local run would have 
 On an interrupt it kills the workers: their writes are atomic, and the temporary files of
 writes cut short are removed (the run holds the output lock, so every temporary file in
 its folders is its own).
+
+Byte for byte: a worker's outputs are a local run's with the same ``--threads`` (each
+worker's share). PyTorch's CPU kernels split their sums by thread, so a local run on all
+cores and a worker on half of them can differ by one level in a few pixels (about 0.02 %
+of the values measured with srpie-x2-fast), as two local runs with different ``--threads`` do.
 """
 
 from __future__ import annotations
