@@ -39,11 +39,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from srpie_cli import SrpieError, __version__, defaults, images
+from srpie_cli import SrpieError, __version__, defaults, images, sidecar
 from srpie_cli.images import Photo
 from srpie_cli.inference import Settings, load
 
@@ -70,6 +70,8 @@ class Job:
     dst: Path
     fmt: str  # output format
     fallback: Job | None = None  # the other file of a RAW+JPEG pair: enhanced if ``src`` cannot be decoded
+    sidecar: Path | None = None  # its XMP sidecar: rating, label, title, keywords carried into the output
+    settings: Settings | None = None  # a job file's settings for its folder; None: the run's
 
 
 @dataclass
@@ -82,6 +84,7 @@ class FileResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, enhance, encode
     notes: list[str] = field(default_factory=list)  # metadata not carried over, retries
     worker: dict | None = None  # --jobs, --ray: who made it (host, pid, Ray node); None in a local run
+    settings: dict | None = None  # what it was made with, where a job file's folder settings differ from the run's
 
 
 @dataclass
@@ -90,6 +93,47 @@ class Plan:
     results: list[FileResult]  # decided without work: skipped and failed entries
     out_roots: list[Path]
     root_of: dict[Path, Path] = field(default_factory=dict)  # each job's input -> its output root
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which photos of the inputs are enhanced and how their outputs are named.
+
+    ``include`` / ``exclude``: globs matched, ignoring case, against the path relative to the
+    input folder; a glob without ``/`` matches a file's or a folder's name at any depth
+    (``*.CR3``, ``rejects/``), one with ``/`` the whole relative path (``day1/*.jpg``; ``*``
+    crosses folders). A trailing ``/`` matches folders only. ``suffix`` goes between an
+    output's name and its extension (``_2x``: ``IMG_0001_2x.jpg``); with one, the outputs may
+    sit beside the originals. ``min_rating``: only frames rated this or more in their XMP
+    sidecar (``sidecar.py``); rejects never."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    suffix: str = ""
+    min_rating: int | None = None
+
+    def excluded(self, rel: str, is_dir: bool) -> str | None:
+        """Why the file or folder at ``rel`` (posix, relative to the input folder) is left out."""
+        for pat in self.exclude:
+            if _glob(rel, pat, is_dir):
+                return f"excluded by --exclude {pat!r}"
+        if not is_dir and self.include and not any(_glob(rel, pat, False) for pat in self.include):
+            return f"not matched by --include {' '.join(map(repr, self.include))}"
+        if not is_dir and self.suffix and Path(rel).stem.lower().endswith(self.suffix.lower()):
+            return f"its name ends with --suffix {self.suffix!r}: an output, not a photo of the shoot"
+        return None
+
+
+def _glob(rel: str, pattern: str, is_dir: bool) -> bool:
+    from fnmatch import fnmatchcase
+
+    pat = pattern.strip().lower()
+    if pat.endswith("/"):
+        if not is_dir:
+            return False
+        pat = pat.rstrip("/")
+    rel = rel.lower()
+    return fnmatchcase(rel if "/" in pat else rel.rsplit("/", 1)[-1], pat)
 
 
 class Listener:
@@ -124,12 +168,13 @@ def default_output(path: Path) -> Path:
 PREVIEW_SUFFIX = "_srpie_preview"  # srpie preview's default sheet name: <photo>_srpie_preview.png
 
 
-def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path]:
+def walk(root: Path, skip: set[Path], errors: list[FileResult], select: Selection = Selection()) -> Iterator[Path]:
     """Photo files below ``root``, sorted, recursively; hidden entries and ``skip`` folders
-    left out. Folder symlinks are followed once (a loop ends there). A file that looks like
-    a photo srpie cannot read (JPEG XL, PSD, a JPEG named .dat) is recorded as skipped with
-    the reason. What cannot be a photo is recorded in ``errors`` and passed over: an unreadable folder, a photo name on
-    something that is not a regular file (a FIFO would hang the run), a symlink loop."""
+    left out. Folder symlinks are followed once (a loop ends there). Recorded in ``errors``
+    and passed over, each with its reason: a file that looks like a photo srpie cannot read
+    (JPEG XL, PSD, a JPEG named .dat), what ``select`` leaves out (an excluded folder is one
+    entry), an unreadable folder, a photo name on something that is not a regular file (a
+    FIFO would hang the run), a symlink loop."""
     seen: set[tuple[int, int]] = set()
 
     def visit(folder: Path) -> Iterator[Path]:
@@ -152,11 +197,19 @@ def walk(root: Path, skip: set[Path], errors: list[FileResult]) -> Iterator[Path
                 is_dir = e.is_dir()  # follows symlinks
             except OSError:
                 is_dir = False
+            left_out = select.excluded(p.relative_to(root).as_posix(), is_dir)
             if is_dir:
-                if _resolved(p) not in skip:
+                if _resolved(p) in skip:
+                    continue
+                if left_out:
+                    errors.append(FileResult(str(p), "skipped", reason=left_out))
+                else:
                     yield from visit(p)
             elif is_preview_sheet(p):
                 continue
+            elif left_out:
+                if images.format_of(p) or images.foreign_reason(p):
+                    errors.append(FileResult(str(p), "skipped", reason=left_out))
             elif (foreign := images.foreign_reason(p)) is not None:
                 errors.append(FileResult(str(p), "skipped", reason=foreign))  # named, never passed over
             elif images.format_of(p):
@@ -203,7 +256,7 @@ def _out_suffix(src: Path, source_kind: str, fmt: str) -> str:
     return images.OUT_SUFFIX[fmt]
 
 
-def output_roots(inputs: Sequence[Path], output: Path | None, raw_jpeg: str = "raw") -> list[Path]:
+def output_roots(inputs: Sequence[Path], output: Path | None, raw_jpeg: str = "raw", suffix: str = "") -> list[Path]:
     """The output folder of each input. UsageError for bad paths or options: all that can
     be refused before any folder is created."""
     if raw_jpeg not in ("raw", "jpeg", "both"):
@@ -223,22 +276,37 @@ def output_roots(inputs: Sequence[Path], output: Path | None, raw_jpeg: str = "r
         else:
             roots.append(Path(output) / p.resolve().name)
     for p, r in zip(inputs, roots):
-        if p.is_dir() and r.resolve() == p.resolve():
-            raise UsageError(f"{r}: the output folder is the input folder; give another -o")
+        if p.is_dir() and r.resolve() == p.resolve() and not suffix:
+            raise UsageError(f"{r}: the output folder is the input folder; give another -o, or --suffix "
+                             "(e.g. _2x) to write the outputs beside the originals")
     return roots
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the photos of one folder are made: the run's options, or a job file's settings for
+    that folder (``jobfile.py``)."""
+
+    fmt: str | None = None
+    select: Selection = Selection()
+    settings: Settings | None = None  # None: the run's
 
 
 def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = None,
          raw_jpeg: str = "raw", overwrite: bool = False,
-         failed_before: Callable[[Path], str | None] | None = None) -> Plan:
+         failed_before: Callable[[Path], str | None] | None = None,
+         select: Selection = Selection(), rule_for: Callable[[str], Rule] | None = None) -> Plan:
     """Decide every output path, which files to skip and why. Raises UsageError for bad
     paths; the output folders are not created here (see ``prepare_outputs``).
     ``failed_before(file)``: the reason a file failed in an earlier run if it is unchanged
-    since, else None; such a file is listed as failed without being decoded again."""
+    since, else None; such a file is listed as failed without being decoded again.
+    ``select``: which files and how outputs are named; ``rule_for(folder)``: a folder's own
+    (posix, relative to the output root; "" for the top)."""
     inputs = [Path(p) for p in inputs]
-    roots = output_roots(inputs, output, raw_jpeg)
+    roots = output_roots(inputs, output, raw_jpeg, select.suffix)
     results: list[FileResult] = []
-    sources = _sources(inputs, roots, results)
+    rules = _rules(fmt, select, rule_for)
+    sources = _culled(_sources(inputs, roots, results, select), rules, results)
 
     # RAW+JPEG pairs: the same name in the same folder; the file not chosen is the fallback
     kinds: dict[tuple[Path, str], dict[str, tuple[Path, Path, Path]]] = {}
@@ -250,11 +318,12 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
     claimed: dict[str, Path] = {}
     p = Plan([], results, roots)
 
-    def job_for(f: Path, out_dir: Path) -> tuple[Job | None, FileResult | None]:
+    def job_for(f: Path, out_dir: Path, root: Path) -> tuple[Job | None, FileResult | None]:
         """The job of ``f``, or the result that settles it now (skipped or failed)."""
         kind = images.format_of(f)
-        ofmt = images.output_format(kind, fmt)
-        dst = out_dir / (f.stem + _out_suffix(f, kind, ofmt))
+        rule = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "")
+        ofmt = images.output_format(kind, rule.fmt)
+        dst = out_dir / (f.stem + rule.select.suffix + _out_suffix(f, kind, ofmt))
         key = str(dst).lower()
         why = None
         if key in claimed:
@@ -271,7 +340,7 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
             return None, FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)")
         if failed_before and (reason := failed_before(f)):
             return None, FileResult(str(f), "failed", reason=f"{FAILED_BEFORE}: {reason} (--retry-failed to try again)")
-        return Job(f, dst, ofmt), None
+        return Job(f, dst, ofmt, sidecar=sidecar.find(f), settings=rule.settings), None
 
     def add(job: Job | None, res: FileResult | None, root: Path) -> None:
         if job is None:
@@ -285,17 +354,17 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
         kind = images.format_of(f)
         pair = kinds[(f.parent, f.stem.lower())]
         if not drop or not {"raw", "jpeg"} <= pair.keys():
-            add(*job_for(f, out_dir), root)
+            add(*job_for(f, out_dir, root), root)
             continue
         if kind == drop:
             continue  # planned with the file it stands in for
         other, other_dir, other_root = pair[drop]
-        job, res = job_for(f, out_dir)
+        job, res = job_for(f, out_dir, root)
         skip_other = FileResult(str(other), "skipped", reason=f"RAW+JPEG pair: enhancing the {keep} (--raw-jpeg to choose)")
         if job is None and not res.reason.startswith(FAILED_BEFORE):
             results += [res, skip_other]  # done before, or refused: the other file is not needed
             continue
-        fallback, other_res = job_for(other, other_dir)
+        fallback, other_res = job_for(other, other_dir, other_root)
         if job is None:  # the chosen file is known bad: the other file is the job now
             results.append(res)
             add(fallback, other_res, other_root)
@@ -304,21 +373,62 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
             results.append(skip_other)  # its output exists, or it failed before: no stand-in
         else:
             p.root_of[fallback.src] = other_root
-        add(Job(job.src, job.dst, job.fmt, fallback), None, root)
+        add(replace(job, fallback=fallback), None, root)
     return p
 
 
 FAILED_BEFORE = "failed before, unchanged since"
 
 
-def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
+def _rules(fmt: str | None, select: Selection, rule_for: Callable[[str], Rule] | None) -> Callable[[str], Rule]:
+    """Each folder's rule, looked up once."""
+    cache: dict[str, Rule] = {}
+
+    def rule(folder: str) -> Rule:
+        if folder not in cache:
+            cache[folder] = rule_for(folder) if rule_for else Rule(fmt, select)
+        return cache[folder]
+
+    return rule
+
+
+def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule],
+            results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
+    """The sources less the frames culled in their XMP sidecars: rejects always, and those
+    rated below the folder's ``min_rating``. A sidecar that cannot be read fails its photo."""
+    kept = []
+    listings: dict[Path, dict[str, Path]] = {}
+    for f, out_dir, root in sources:
+        listing = listings.setdefault(f.parent, sidecar.folder_listing(f.parent))
+        side = sidecar.find(f, listing) if listing else None
+        if side is None:
+            kept.append((f, out_dir, root))
+            continue
+        try:
+            c = sidecar.read(side)
+        except ValueError as e:
+            results.append(FileResult(str(f), "failed", reason=str(e)))
+            continue
+        least = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "").select.min_rating
+        if why := c.rejected:
+            results.append(FileResult(str(f), "skipped", reason=why))
+        elif least is not None and (c.rating or 0) < least:
+            results.append(FileResult(str(f), "skipped", reason=f"rated {c.rating or 0} in {side.name}, "
+                                      f"below --min-rating {least}"))
+        else:
+            kept.append((f, out_dir, root))
+    return kept
+
+
+def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult],
+             select: Selection = Selection()) -> list[tuple[Path, Path, Path]]:
     """(photo file, its output folder, its output root) for every input; what cannot be a
     photo recorded in ``results``. Folder runs pass over srpie's own outputs."""
     skip = {_resolved(r) for r in roots}
     sources: list[tuple[Path, Path, Path]] = []
     for p, r in zip(inputs, roots):
         if p.is_dir():
-            for f in walk(p, skip, results):
+            for f in walk(p, skip, results, select):
                 if images.made_by_srpie(f):  # an earlier run's output below the folder
                     results.append(FileResult(str(f), "skipped", reason="an output of srpie, not a photo of the "
                                               "shoot (name the file to enhance it again)"))
@@ -561,19 +671,37 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         listener.file_done(r)
     min_side = settings.tile if settings.tile is not None else defaults.CPU_TILE
     mp = estimate_megapixels(p.jobs, min_side=min_side) if settings.compile == "auto" else 0.0
+    groups = _groups(p.jobs, settings)
+    if pool is not None and len(groups) > 1:
+        raise UsageError("a job file's per-folder settings need a local run: --jobs and --ray run one model")
     if pool is not None:  # --jobs, --ray: ``pool(settings, mp)`` starts workers doing the same work (pool.py)
         from srpie_cli.pool import run as run_pool
 
         run_pool(p.jobs, pool(settings, mp), listener, results, failed_decoding if failed_decoding is not None else set())
         return results
-    t = time.perf_counter()
-    enhancer = load(settings, listener.warn, mp)
-    loaded = time.perf_counter() - t
-    listener.start(len(p.jobs) + sum(j.fallback is not None for j in p.jobs), enhancer.meta, str(enhancer.device))
-    if getattr(listener, "wants_estimate", False):
-        _announce(p.jobs, enhancer, listener, loaded)
-    _Runner(enhancer, listener, results, failed_decoding if failed_decoding is not None else set()).go(p.jobs)
+    failed_decoding = failed_decoding if failed_decoding is not None else set()
+    for n, (own, jobs) in enumerate(groups.items()):  # one model per distinct settings (a job file's folders)
+        t = time.perf_counter()
+        enhancer = load(own, listener.warn, mp)
+        loaded = time.perf_counter() - t
+        if n == 0:
+            listener.start(len(p.jobs) + sum(j.fallback is not None for j in p.jobs), enhancer.meta, str(enhancer.device))
+            if getattr(listener, "wants_estimate", False):
+                _announce(p.jobs, enhancer, listener, loaded)
+        record = None if own == settings else {k: v for k, v in asdict(own).items() if getattr(settings, k) != v}
+        _Runner(enhancer, listener, results, failed_decoding, record).go(jobs)
+        del enhancer
     return results
+
+
+def _groups(jobs: Sequence[Job], settings: Settings) -> dict[Settings, list[Job]]:
+    """The jobs by the settings they are made with, the run's first (each is a model to load)."""
+    groups: dict[Settings, list[Job]] = {settings: []}
+    for job in jobs:
+        groups.setdefault(job.settings or settings, []).append(job)
+    if not groups[settings] and len(groups) > 1:
+        del groups[settings]
+    return groups
 
 
 def header_sizes(jobs: Sequence[Job]) -> dict[Path, tuple[int, int] | str]:
@@ -607,12 +735,22 @@ def _announce(jobs: Sequence[Job], enhancer, listener: Listener, loaded: float) 
     listener.sizes({str(k): w * h / 1e6 for k, (w, h) in sizes.items()}, secs)
 
 
+def _carry(photo: Photo, path: Path) -> None:
+    """The sidecar's rating, label, pick flag, title and keywords into the photo's XMP."""
+    c = sidecar.read(path)
+    photo.xmp = sidecar.merge(photo.xmp, c, photo.notes)
+    if fields := c.fields():
+        photo.notes.append(f"{', '.join(fields)} carried from {path.name}")
+
+
 class _Runner:
     """One run's pipeline: the next photos decode in a worker thread while the network works
     on the current one, and the previous ones encode behind it."""
 
-    def __init__(self, enhancer, listener: Listener, results: list[FileResult], failed_decoding: set[str]):
+    def __init__(self, enhancer, listener: Listener, results: list[FileResult], failed_decoding: set[str],
+                 record: dict | None = None):
         self.enhancer, self.settings, self.listener = enhancer, enhancer.settings, listener
+        self.record = record  # the settings that differ from the run's, for the report
         self.results, self.failed_decoding = results, failed_decoding
         self.decoding: deque[tuple[Job, Future]] = deque()
         self.writing: deque[tuple[FileResult, Job, Future]] = deque()
@@ -635,6 +773,8 @@ class _Runner:
             t = time.perf_counter()
             try:
                 photo = self.enhancer.decode(j.src)
+                if j.sidecar is not None:
+                    _carry(photo, j.sidecar)
                 images.check_writable(j.dst, photo, j.fmt, self.settings.quality)
             except FILE_ERRORS as e:
                 failures.append(FileResult(str(j.src), "failed", reason=_reason(e, j.src)))
@@ -690,7 +830,7 @@ class _Runner:
         if j is job and job.fallback is not None:
             self.settle(FileResult(str(job.fallback.src), "skipped", reason="RAW+JPEG pair: the other file "
                                    f"({job.src.name}) is enhanced (--raw-jpeg to choose)"))
-        res = FileResult(str(j.src), "failed", output=None, megapixels=round(photo.megapixels, 3))
+        res = FileResult(str(j.src), "failed", output=None, megapixels=round(photo.megapixels, 3), settings=self.record)
         res.timings["decode"] = round(dt, 3)
         res.notes += photo.notes  # what the decoder noted reaches the log and the report
         try:
@@ -757,14 +897,16 @@ class Outcome:
 def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Settings = Settings(),
             fmt: str | None = None, raw_jpeg: str = "raw", overwrite: bool = False,
             report: Path | None = None, listener: Listener | None = None, retry_failed: bool = False,
-            pool: Callable | None = None) -> Outcome:
+            pool: Callable | None = None, select: Selection = Selection(),
+            rule_for: Callable[[str], Rule] | None = None) -> Outcome:
     """Check everything that can be refused (paths, the report, the model, the device), then
     create and lock the output folders, plan, run, and write the report (also when
-    interrupted: SIGINT and SIGTERM raise ``Interrupted`` after the report is written)."""
+    interrupted: SIGINT and SIGTERM raise ``Interrupted`` after the report is written).
+    ``select``, ``rule_for``: see ``plan``."""
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
     inputs = [Path(i) for i in inputs]
-    roots = output_roots(inputs, output, raw_jpeg)
+    roots = output_roots(inputs, output, raw_jpeg, select.suffix)
     report = check_report(Path(report), inputs) if report is not None else None
     check_settings(settings)
     prepare_outputs(roots)
@@ -780,7 +922,8 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     with OutputLock(roots), _signals_raise():
         # planned under the lock: what a run that just finished wrote is skipped, not redone
         p = plan(inputs, output, fmt, raw_jpeg, overwrite,
-                 failed_before=None if retry_failed else _recall(memory, inputs, roots))
+                 failed_before=None if retry_failed else _recall(memory, inputs, roots), select=select,
+                 rule_for=rule_for)
         try:
             run(p, settings, listener, results, failed_decoding, pool=pool)
         except Interrupted as e:
@@ -816,18 +959,19 @@ class DryRun:
 
 def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Settings = Settings(),
             fmt: str | None = None, raw_jpeg: str = "raw", overwrite: bool = False, retry_failed: bool = False,
-            warn: Callable[[str], None] = lambda m: None) -> DryRun:
+            warn: Callable[[str], None] = lambda m: None, select: Selection = Selection(),
+            rule_for: Callable[[str], Rule] | None = None) -> DryRun:
     """``enhance`` without the work: the plan, every photo's header read, the total megapixels
     and an estimate for this machine. Creates no folder, takes no lock, writes nothing in the
     output folder (the model's calibration is cached in the user's cache folder)."""
     from srpie_cli import estimate
 
     inputs = [Path(i) for i in inputs]
-    roots = output_roots(inputs, output, raw_jpeg)
+    roots = output_roots(inputs, output, raw_jpeg, select.suffix)
     check_settings(settings)
     memory = {r: Failures(r) for r in dict.fromkeys(roots)}  # read only
     p = plan(inputs, output, fmt, raw_jpeg, overwrite,
-             failed_before=None if retry_failed else _recall(memory, inputs, roots))
+             failed_before=None if retry_failed else _recall(memory, inputs, roots), select=select, rule_for=rule_for)
     jobs, results = [], list(p.results)
     for job in p.jobs:
         size = header_sizes([job])[job.src]

@@ -338,6 +338,7 @@ def _summary(outcome, report):
 
 @app.command()
 def enhance(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER...", show_default=False,
                                                 help="Photos and folders (folders are walked recursively).")],
     output: Annotated[Optional[Path], typer.Option(
@@ -346,8 +347,22 @@ def enhance(
     model: ModelOpt = defaults.MODEL,
     strength: StrengthOpt = defaults.STRENGTH,
     fmt: Annotated[Optional[OutFormat], typer.Option(
-        "--format", help="Output format (default: as the input; RAW -> 16-bit TIFF).")] = None,
+        "--format", help="Output format (default: as the input; RAW -> 16-bit TIFF, HEIC and AVIF -> JPEG).")] = None,
     quality: QualityOpt = defaults.QUALITY,
+    suffix: Annotated[str, typer.Option(
+        metavar="TEXT", help="Added to each output's name (_2x: IMG_0001_2x.jpg); with one, -o may be the input "
+        "folder and the outputs sit beside the originals.")] = "",
+    include: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Only files matching (relative to the input folder, any case), e.g. '*.CR3'; "
+        "repeatable.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Leave out files and folders matching, e.g. 'rejects/'; repeatable.")] = None,
+    min_rating: Annotated[Optional[int], typer.Option(
+        min=0, max=5, metavar="N", help="Only frames rated N or more in their XMP sidecar (Lightroom, darktable, "
+        "Capture One); rejected frames are never enhanced.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, metavar="FILE.toml", help="Job file of options and per-folder settings (default: "
+        "srpie.toml in the input folder, if there is one); the command line wins.")] = None,
     raw_jpeg: Annotated[RawJpeg, typer.Option(
         "--raw-jpeg", help="RAW+JPEG pairs of one exposure: enhance the raw, the jpeg, or both; the other file "
         "stands in when the chosen one cannot be decoded.")] = RawJpeg.raw,
@@ -360,6 +375,9 @@ def enhance(
     report: Annotated[Optional[Path], typer.Option(
         dir_okay=False, metavar="FILE.json", help="Write a JSON report: per-file status, output, timings, notes. "
         "Replaces only an earlier srpie report.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what would be done, skipped and failed (headers only), the megapixels and how long "
+        "it would take here; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and failures.")] = False,
     max_megapixels: MaxMpOpt = defaults.MAX_MEGAPIXELS,
     device: DeviceOpt = defaults.DEVICE,
@@ -371,27 +389,49 @@ def enhance(
     compile: CompileOpt = Compile.auto,
     jobs: JobsOpt = None,
     ray: RayOpt = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Say what would be done, skipped and failed (headers only), the megapixels and how long "
-        "it would take here; write nothing.")] = False,
 ):
     """Enhance every photo at 2x, keeping its metadata; skips what is done, goes on past bad files.
 
     Example: srpie enhance ./shoot/ -o /srv/enhanced --report run.json
     """
-    from srpie_cli.batch import Interrupted, UsageError
-    from srpie_cli.batch import enhance as run_enhance
+    opts = dict(output=output, model=model, strength=strength, fmt=fmt.value if fmt else None, quality=quality,
+                suffix=suffix, include=tuple(include or ()), exclude=tuple(exclude or ()), min_rating=min_rating,
+                raw_jpeg=raw_jpeg.value, overwrite=overwrite, max_megapixels=max_megapixels, device=device,
+                tile=tile, overlap=overlap, tta=tta, half=half, threads=threads, compile=compile.value)
+    # given on the command line: these win over a job file (by name: Typer may bundle its own click)
+    given = {name for name in opts
+             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    _enhance(paths, opts, given, config=config, report=report, retry_failed=retry_failed, dry_run=dry_run,
+             quiet=quiet, pool=_pool(jobs, ray))
 
+
+def _enhance(paths, opts: dict, given: set[str], *, config, report, retry_failed, dry_run, quiet, pool):
+    """enhance's work: the job file under the command line, then a dry run or the run."""
+    from srpie_cli import jobfile
+    from srpie_cli.batch import Interrupted, Selection, UsageError
+    from srpie_cli.batch import enhance as run_enhance
+    from srpie_cli.inference import Settings
+
+    rule_for = None
+    try:
+        if (found := jobfile.find(paths, config)) is not None:
+            job = jobfile.load(found)
+            opts = jobfile.merged(job, opts, given)
+        settings = Settings(**{k: opts[k] for k in ("model", "device", "tile", "overlap", "tta", "half", "quality",
+                                                    "max_megapixels", "threads", "compile", "strength")})
+        select = Selection(opts["include"], opts["exclude"], opts["suffix"], opts["min_rating"])
+        if found is not None and job.folders:
+            rule_for = jobfile.rules(job, opts, given, settings, select)
+    except jobfile.JobFileError as e:
+        raise fail(_esc(e), EXIT_USAGE) from None
+    common = dict(inputs=paths, output=opts["output"], fmt=opts["fmt"], raw_jpeg=opts["raw_jpeg"],
+                  overwrite=opts["overwrite"], retry_failed=retry_failed, settings=settings, select=select,
+                  rule_for=rule_for)
     if dry_run:
-        settings = _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile, strength)
-        raise typer.Exit(_dry_run(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
-                                  overwrite=overwrite, retry_failed=retry_failed, settings=settings))
+        raise typer.Exit(_dry_run(**common))
     listener = _Bar() if (err.is_terminal and not quiet) else _Lines(quiet)
     try:
-        outcome = run_enhance(inputs=paths, output=output, fmt=fmt.value if fmt else None, raw_jpeg=raw_jpeg.value,
-                              overwrite=overwrite, report=report, listener=listener, retry_failed=retry_failed,
-                              pool=_pool(jobs, ray), settings=_settings(model, device, tile, overlap, tta, half, quality, max_megapixels, threads, compile,
-                                                 strength))
+        outcome = run_enhance(**common, report=report, listener=listener, pool=pool)
     except UsageError as e:
         raise fail(_esc(e), EXIT_USAGE) from None
     except SrpieError as e:

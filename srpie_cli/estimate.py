@@ -4,8 +4,8 @@ network will run on it, and a short calibration of the chosen model on this mach
 The network's time for one photo is ``a * calls + b * pixels``: ``calls`` the forward passes
 its tile layout needs (``tiling.spans``, batches of ``TileOptions.tile_batch``), ``pixels``
 the input pixels of all its tiles, overlaps and reflection padding included. ``a`` and ``b``
-come from running the loaded model on two synthetic images (a small one, one tile; a large
-one, a 2 x 2 layout of full tiles), a few seconds; they are kept under the user's cache
+come from running the loaded model on two synthetic images (a small one, and one full tile),
+a few seconds; they are kept under the user's cache
 folder (``$XDG_CACHE_HOME/srpie``) keyed by model file, device, threads, torch version and
 tile, so the next estimate on this machine needs no network at all.
 """
@@ -26,7 +26,8 @@ from srpie_cli import SrpieError, defaults, first_line, images
 # per megapixel and costs tens of seconds once (benchmarks/RESULTS.md); the calibration runs eager
 COMPILED_SHARE = 0.67
 COMPILE_SECONDS = 30.0
-SMALL = 40  # side of the one-tile calibration image, input pixels
+SMALL = 40  # side of the small calibration image, input pixels
+CALIBRATION_SECONDS = 4.0  # a timing is repeated (best of three) while the repeats cost less than half this
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,9 @@ def remember(key: str, cost: Cost) -> None:
 
 
 def calibrate(enhancer, load_seconds: float = 0.0) -> Cost:
-    """Time the loaded network on a one-tile image and on a 2 x 2 layout of full tiles (eager:
-    the compiled form would compile first), and solve for ``Cost``."""
+    """Time the loaded network on a small one-tile image and on one full tile (eager: the
+    compiled form would compile first), and solve for ``Cost``. Each is timed again while that
+    is cheap (the best of up to three), so one hiccup of a busy machine does not count."""
     import torch
 
     from srpie_cli.tiling import TileOptions, upscale
@@ -141,19 +143,25 @@ def calibrate(enhancer, load_seconds: float = 0.0) -> Cost:
     model = enhancer.model.model if getattr(enhancer.model, "compiled", False) else enhancer.model
     s = enhancer.settings
     tile = s.tile or 0
-    big = 2 * tile - 3 * s.overlap if tile else 256
+    big = tile - 2 * s.overlap if tile > 2 * s.overlap + 2 * SMALL else 256
     opts = TileOptions(tile=tile, overlap=s.overlap, half=s.half)
     gen = torch.Generator().manual_seed(0)
 
     def timed(side: int) -> float:
         x = torch.rand(1, 3, side, side, generator=gen)
-        t = time.perf_counter()
-        upscale(model, x, opts)
-        if enhancer.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        best, spent = math.inf, 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            upscale(model, x, opts)
+            if enhancer.device.type == "cuda":
+                torch.cuda.synchronize()
+            took = time.perf_counter() - t
+            best, spent = min(best, took), spent + took
+            if spent > CALIBRATION_SECONDS / 2:
+                break
+        return best
 
-    timed(SMALL)  # the first pass allocates and warms up
+    timed(SMALL)  # the first passes allocate and warm up
     t1, t2 = timed(SMALL), timed(big)
     (c1, p1), (c2, p2) = (layout(n, n, tile, s.overlap, opts.tile_batch) for n in (SMALL, big))
     det = c1 * p2 - c2 * p1

@@ -178,3 +178,229 @@ def test_speeds_print_with_significant_digits():
 
     assert _sig(0.013812) == "0.0138" and _sig(12.345) == "12.3"
     assert _duration(40) == "40 s" and _duration(600) == "10 min"
+
+
+# ----------------------------------------------------------------------------- choose what and how
+
+def test_include_and_exclude_match_relative_paths_ignoring_case(tmp_path):
+    shoot = tmp_path / "shoot"
+    for rel in ("day1/IMG_1.JPG", "day1/IMG_2.jpg", "day1/rejects/IMG_3.jpg", "day2/IMG_4.png", "Rejects/IMG_5.jpg"):
+        write_jpeg(shoot / rel) if rel.lower().endswith("jpg") else Image.fromarray(pattern(8, 8)).save(
+            (shoot / rel).parent.mkdir(parents=True, exist_ok=True) or shoot / rel)
+    p = batch.plan([shoot], tmp_path / "out", select=batch.Selection(include=("*.jpg",), exclude=("rejects/",)))
+    assert sorted(j.src.relative_to(shoot).as_posix() for j in p.jobs) == ["day1/IMG_1.JPG", "day1/IMG_2.jpg"]
+    why = {Path(r.input).relative_to(shoot).as_posix(): r.reason for r in p.results}
+    assert why == {"day1/rejects": "excluded by --exclude 'rejects/'", "Rejects": "excluded by --exclude 'rejects/'",
+                   "day2/IMG_4.png": "not matched by --include '*.jpg'"}
+    p = batch.plan([shoot], tmp_path / "out", select=batch.Selection(exclude=("day1/*",)))
+    assert sorted(j.src.name for j in p.jobs) == ["IMG_4.png", "IMG_5.jpg"]
+
+
+def test_suffix_writes_beside_the_originals_and_never_takes_its_outputs(tmp_path, tiny_model):
+    shoot = tmp_path / "shoot"
+    write_jpeg(shoot / "IMG_0001.jpg")
+    write_heic(shoot / "IMG_0002.HEIC")
+    with pytest.raises(batch.UsageError, match="--suffix"):
+        run([shoot], shoot, tiny_model)
+    sel = batch.Selection(suffix="_2x")
+    out = run([shoot], shoot, tiny_model, select=sel)
+    assert out.count("done") == 2
+    assert sorted(p.name for p in shoot.iterdir()) == ["IMG_0001.jpg", "IMG_0001_2x.jpg", "IMG_0002.HEIC",
+                                                        "IMG_0002_2x.jpg"]
+    again = run([shoot], shoot, tiny_model, select=sel)
+    assert again.count("done") == 0 and again.exit_code == 0
+    assert {Path(r.input).name for r in again.results if "--suffix" in (r.reason or "")} == {
+        "IMG_0001_2x.jpg", "IMG_0002_2x.jpg"}
+
+
+# ----------------------------------------------------------------------------- sidecars
+
+LIGHTROOM = """<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 7.0-c000 1.000000, 0000/00/00-00:00:00        ">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:tiff="http://ns.adobe.com/tiff/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
+    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"
+   xmp:ModifyDate="2024-06-01T18:02:11+02:00"
+   xmp:CreatorTool="Adobe Photoshop Lightroom Classic 13.3 (Macintosh)"
+   xmp:Rating="{rating}"
+   xmp:Label="{label}"
+   tiff:Make="Canon"
+   crs:Version="16.3"
+   crs:Exposure2012="+0.35">
+   <dc:title>
+    <rdf:Alt>
+     <rdf:li xml:lang="x-default">First dance</rdf:li>
+    </rdf:Alt>
+   </dc:title>
+   <dc:subject>
+    <rdf:Bag>
+     <rdf:li>wedding</rdf:li>
+     <rdf:li>Dupont</rdf:li>
+    </rdf:Bag>
+   </dc:subject>
+   <lr:hierarchicalSubject>
+    <rdf:Bag>
+     <rdf:li>Clients|Dupont</rdf:li>
+    </rdf:Bag>
+   </lr:hierarchicalSubject>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""
+
+DARKTABLE = """<?xml version="1.0" encoding="UTF-8"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:exif="http://ns.adobe.com/exif/1.0/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"
+    xmlns:darktable="http://darktable.sf.net/"
+    xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
+   exif:DateTimeOriginal="2024:06:01 17:58:03"
+   xmp:Rating="{rating}"
+   xmpMM:DerivedFrom="IMG_0002.CR2"
+   darktable:import_timestamp="63853460283000000"
+   darktable:xmp_version="5"
+   darktable:raw_params="0"
+   darktable:auto_presets_applied="1"
+   darktable:history_end="3">
+   <darktable:colorlabels>
+    <rdf:Seq>
+     <rdf:li>2</rdf:li>
+    </rdf:Seq>
+   </darktable:colorlabels>
+   <lr:hierarchicalSubject>
+    <rdf:Seq>
+     <rdf:li>places|France|Lyon</rdf:li>
+     <rdf:li>darktable|format|cr2</rdf:li>
+    </rdf:Seq>
+   </lr:hierarchicalSubject>
+   <darktable:history>
+    <rdf:Seq>
+     <rdf:li darktable:operation="exposure" darktable:enabled="1" darktable:params="0000"/>
+    </rdf:Seq>
+   </darktable:history>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""
+
+
+def test_sidecars_as_lightroom_and_darktable_write_them(tmp_path):
+    from srpie_cli import sidecar
+
+    (tmp_path / "IMG_0001.xmp").write_text(LIGHTROOM.format(rating=4, label="Red"))
+    (tmp_path / "IMG_0002.CR2.xmp").write_text(DARKTABLE.format(rating=2))
+    lr = sidecar.read(sidecar.find(tmp_path / "IMG_0001.CR2"))
+    assert (lr.rating, lr.label, lr.title, lr.keywords, lr.hierarchy) == (4, "Red", "First dance", ["wedding", "Dupont"],
+                                                                          ["Clients|Dupont"])
+    assert sidecar.find(tmp_path / "IMG_0002.JPG").name == "IMG_0002.CR2.xmp"  # the pair's other file
+    dt = sidecar.read(sidecar.find(tmp_path / "IMG_0002.CR2"))
+    assert (dt.rating, dt.label, dt.keywords) == (2, "Green", ["Lyon", "cr2"]) and dt.rejected is None
+    (tmp_path / "IMG_0003.xmp").write_text(LIGHTROOM.format(rating=-1, label=""))
+    assert "rejected" in sidecar.read(tmp_path / "IMG_0003.xmp").rejected
+    pick = LIGHTROOM.format(rating=0, label="").replace('xmp:Rating="0"', 'xmp:Rating="0"\n   xmlns:xmpDM='
+                                                         '"http://ns.adobe.com/xmp/1.0/DynamicMedia/" xmpDM:pick="-1"')
+    (tmp_path / "IMG_0004.xmp").write_text(pick)
+    assert "pick flag" in sidecar.read(tmp_path / "IMG_0004.xmp").rejected
+
+
+def test_min_rating_rejects_and_the_sidecar_carried_into_the_output(tmp_path, tiny_model):
+    shoot = tmp_path / "shoot"
+    for i, (rating, label) in enumerate([(5, "Red"), (2, "Green"), (-1, "")], start=1):
+        write_jpeg(shoot / f"IMG_000{i}.jpg", seed=i)
+        (shoot / f"IMG_000{i}.xmp").write_text(LIGHTROOM.format(rating=rating, label=label))
+    write_jpeg(shoot / "IMG_0004.jpg")
+    (shoot / "IMG_0004.JPG.xmp").write_text(DARKTABLE.format(rating=3))
+    out = run([shoot], tmp_path / "out", tiny_model, select=batch.Selection(min_rating=3))
+    status = {Path(r.input).name: (r.status, r.reason) for r in out.results}
+    assert status["IMG_0001.jpg"][0] == "done" and status["IMG_0004.jpg"][0] == "done"
+    assert status["IMG_0002.jpg"] == ("skipped", "rated 2 in IMG_0002.xmp, below --min-rating 3")
+    assert status["IMG_0003.jpg"] == ("skipped", "rejected (xmp:Rating -1 in IMG_0003.xmp)")
+    with Image.open(tmp_path / "out/IMG_0001.jpg") as im:
+        xmp = im.info["xmp"]
+    from srpie_cli import sidecar
+
+    (tmp_path / "out.xmp").write_bytes(xmp)
+    c = sidecar.read(tmp_path / "out.xmp")
+    assert (c.rating, c.label, c.title, c.keywords) == (5, "Red", "First dance", ["wedding", "Dupont"])
+    with Image.open(tmp_path / "out/IMG_0004.jpg") as im:
+        (tmp_path / "out4.xmp").write_bytes(im.info["xmp"])
+    assert sidecar.read(tmp_path / "out4.xmp").label == "Green"
+    # without --min-rating a reject is still never enhanced
+    again = run([shoot], tmp_path / "out2", tiny_model)
+    assert {Path(r.input).name for r in again.results if r.status == "done"} == {
+        "IMG_0001.jpg", "IMG_0002.jpg", "IMG_0004.jpg"}
+
+
+# ----------------------------------------------------------------------------- job files
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from srpie_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_job_file_sets_options_per_folder_and_the_command_line_wins(tmp_path, tiny_model):
+    import json
+
+    shoot = tmp_path / "shoot"
+    for rel in ("IMG_1.jpg", "low_light/IMG_2.jpg", "portraits/IMG_3.jpg", "portraits/rejects/IMG_4.jpg"):
+        write_jpeg(shoot / rel)
+    (shoot / "srpie.toml").write_text(f"""# the Dupont wedding
+model = "{tiny_model}"
+device = "cpu"
+suffix = "_2x"
+quality = 90
+exclude = ["rejects/"]
+output = "../delivery"
+
+[folders."low_light"]
+strength = 1
+
+[folders."portraits"]
+strength = 0.5
+format = "png"
+""")
+    r = cli("enhance", shoot, "--report", tmp_path / "run.json", "--quality", "80")
+    assert r.exit_code == 0, r.output
+    made = sorted(p.relative_to(tmp_path / "delivery").as_posix() for p in (tmp_path / "delivery").rglob("*.*"))
+    assert made == ["IMG_1_2x.jpg", "low_light/IMG_2_2x.jpg", "portraits/IMG_3_2x.png"]
+    files = {Path(f["input"]).name: f for f in json.loads((tmp_path / "run.json").read_text())["files"]}
+    assert files["IMG_3.jpg"]["settings"] == {"strength": 0.5}  # what the portrait was made with
+    assert files["IMG_1.jpg"]["settings"] is None and files["rejects"]["status"] == "skipped"  # the folder
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["settings"]["quality"] == 80  # the command line over the file
+    # a flag on the command line wins over a folder's setting too
+    r = cli("enhance", shoot, "--strength", "0.2", "-o", tmp_path / "d2", "--report", tmp_path / "run2.json")
+    files = {Path(f["input"]).name: f for f in json.loads((tmp_path / "run2.json").read_text())["files"]}
+    assert r.exit_code == 0 and files["IMG_3.jpg"]["settings"] is None
+
+
+@pytest.mark.parametrize("body, line, words", [
+    ('model = "x"\nstrenght = 1\n', 2, "unknown key 'strenght'"),
+    ('quality = 400\n', 1, "between 1 and 100"),
+    ('[folders."portraits"]\nstrength = "soft"\n', 2, "expected a number"),
+    ('[folders.portraits]\noutput = "x"\n', 2, "unknown key 'output' for a folder"),
+    ('format = "gif"\n', 1, "expected one of"),
+])
+def test_a_bad_job_file_is_a_usage_error_naming_file_and_line(tmp_path, body, line, words):
+    write_jpeg(tmp_path / "shoot/IMG_1.jpg")
+    (tmp_path / "job.toml").write_text(body)
+    r = cli("enhance", tmp_path / "shoot", "--config", tmp_path / "job.toml")
+    assert r.exit_code == 2
+    assert f"job.toml, line {line}:" in r.output and words in r.output, r.output
+    assert not (tmp_path / "shoot_srpie").exists()
+
+
+def test_a_job_file_that_is_not_toml_is_named(tmp_path):
+    write_jpeg(tmp_path / "shoot/IMG_1.jpg")
+    (tmp_path / "shoot/srpie.toml").write_text("model = \n")
+    r = cli("enhance", tmp_path / "shoot", "--dry-run")
+    assert r.exit_code == 2 and "srpie.toml: not valid TOML" in r.output and "line 1" in r.output
