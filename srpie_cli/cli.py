@@ -471,13 +471,16 @@ def _dry_run(**kw) -> int:
 
 @app.command()
 def preview(
-    photo: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="PHOTO", show_default=False,
-                                          help="The photo to judge.")],
+    photo: Annotated[Path, typer.Argument(exists=True, metavar="PHOTO_OR_FOLDER", show_default=False,
+                                          help="The photo to judge, or a folder: one contact sheet of every frame.")],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", dir_okay=False, metavar="FILE",
-        help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo).")] = None,
+        help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo; "
+        "<folder>_srpie_preview.jpg beside the folder).")] = None,
     model: ModelOpt = defaults.MODEL,
-    strength: StrengthOpt = defaults.STRENGTH,
+    strength: Annotated[str, typer.Option(
+        metavar="S[,S...]", help="How much of the model's colour and tone correction to apply (0 none, 1 as trained, "
+        "up to 2); several, e.g. 0,0.5,1, put one panel each side by side.")] = f"{defaults.STRENGTH:g}",
     crop: Annotated[int, typer.Option(min=8, metavar="N", help="Side of the zoomed crop, in input pixels.")] = 64,
     zoom: Annotated[int, typer.Option(min=1, max=8, metavar="N", help="Magnification of the crop.")] = 3,
     at: Annotated[Optional[str], typer.Option(
@@ -490,29 +493,58 @@ def preview(
     half: HalfOpt = False,
     threads: ThreadsOpt = 0,
 ):
-    """A before/after sheet of one photo: bicubic 2x beside srpie 2x, with a zoomed crop of each.
+    """A before/after sheet of one photo (bicubic 2x beside srpie 2x, with a zoomed crop of each),
+    or a contact sheet of a whole folder.
 
-    Example: srpie preview IMG_0001.jpg --strength 0.5
+    Example: srpie preview IMG_0001.jpg --strength 0,0.5,1   or   srpie preview ./shoot/
     """
+    from srpie_cli.preview import contact_sheet
     from srpie_cli.preview import preview as make_preview
 
-    centre = None
-    if at:
-        try:
-            cx, cy = (float(v) for v in at.split(","))
-        except ValueError:
-            cx = cy = -1.0
-        if not (0 <= cx <= 1 and 0 <= cy <= 1):
-            raise fail(f"--at {at!r}: expected X,Y fractions between 0 and 1, e.g. 0.3,0.6")
-        centre = (cx, cy)
+    strengths = _strengths(strength)
+    centre = _centre(at)
+    settings = _settings(model, device, tile, overlap, tta, half, defaults.QUALITY, max_megapixels, threads,
+                         strength=strengths[0])
+
+    def log(message):
+        err.print(f"[bold yellow]warning:[/] {_esc(message)}", highlight=False)
+
     try:
-        path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre,
-                            settings=_settings(model, device, tile, overlap, tta, half, defaults.QUALITY, max_megapixels, threads,
-                                              strength=strength),
-                            log=lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False))
+        if photo.is_dir():
+            if len(strengths) > 1:
+                raise fail("several strengths go on one photo's sheet: give a photo, not a folder")
+            path, left_out = contact_sheet(folder=photo, output=output, settings=settings, log=log)
+            for line in left_out:
+                err.print(f"left out {_esc(line)}", highlight=False, soft_wrap=True)
+        else:
+            path = make_preview(photo=photo, output=output, crop=crop, zoom=zoom, at=centre, settings=settings, log=log,
+                                strengths=strengths if len(strengths) > 1 else None)
     except SrpieError as e:
         raise fail(_esc(e), EXIT_FAILED) from None
     out.print(str(path), highlight=False, soft_wrap=True)
+
+
+def _strengths(text: str) -> list[float]:
+    """``--strength 0,0.5,1`` as numbers between 0 and 2 (exit 2 otherwise)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 <= v <= 2 for v in values):
+        raise fail(f"--strength {text!r}: expected numbers between 0 and 2, e.g. 0.5 or 0,0.5,1")
+    return values
+
+
+def _centre(at: str | None) -> tuple[float, float] | None:
+    if not at:
+        return None
+    try:
+        cx, cy = (float(v) for v in at.split(","))
+    except ValueError:
+        cx = cy = -1.0
+    if not (0 <= cx <= 1 and 0 <= cy <= 1):
+        raise fail(f"--at {at!r}: expected X,Y fractions between 0 and 1, e.g. 0.3,0.6")
+    return cx, cy
 
 
 @app.command()

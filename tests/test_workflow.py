@@ -404,3 +404,39 @@ def test_a_job_file_that_is_not_toml_is_named(tmp_path):
     (tmp_path / "shoot/srpie.toml").write_text("model = \n")
     r = cli("enhance", tmp_path / "shoot", "--dry-run")
     assert r.exit_code == 2 and "srpie.toml: not valid TOML" in r.output and "line 1" in r.output
+
+
+# ----------------------------------------------------------------------------- see the whole shoot
+
+def test_contact_sheet_of_a_folder_is_never_taken_as_a_photo(tmp_path, tiny_model):
+    shoot = tmp_path / "shoot"
+    write_jpeg(shoot / "IMG_0001.jpg", 40, 60)
+    write_heic(shoot / "phone/IMG_0002.HEIC", 30, 40)
+    (shoot / "IMG_0003.jxl").write_bytes(b"\xff\x0a" + bytes(32))
+    sheet_in = shoot / "sheet.png"
+    r = cli("preview", shoot, "--model", tiny_model, "--device", "cpu", "--strength", "0.5", "-o", sheet_in)
+    assert r.exit_code == 0, r.output
+    assert "left out" in r.stderr and "IMG_0003.jxl" in r.stderr
+    with Image.open(sheet_in) as im:
+        assert im.size[0] > 2 * 240 and im.size[1] >= 240
+    assert images.made_by_srpie(sheet_in)  # a later run passes over it, whatever its name
+    r = cli("preview", shoot, "--model", tiny_model, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    default = tmp_path / "shoot_srpie_preview.jpg"
+    assert default.is_file() and images.made_by_srpie(default)
+    p = batch.plan([shoot], tmp_path / "out")
+    assert sorted(j.src.name for j in p.jobs) == ["IMG_0001.jpg", "IMG_0002.HEIC"]
+    assert any(Path(x.input).name == "sheet.png" and "an output of srpie" in x.reason for x in p.results)
+
+
+def test_several_strengths_side_by_side_on_one_sheet(tmp_path, tiny_model):
+    p = write_jpeg(tmp_path / "a.jpg", 24, 32)
+    r = cli("preview", p, "--model", tiny_model, "--device", "cpu", "--strength", "0,0.5,1")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "a_srpie_preview.png") as im:
+        one = cli("preview", p, "--model", tiny_model, "--device", "cpu", "-o", tmp_path / "one.png")
+        assert one.exit_code == 0
+        with Image.open(tmp_path / "one.png") as single:
+            assert im.size[0] > 1.8 * single.size[0] and im.size[1] == single.size[1]  # 4 panels beside 2
+    assert cli("preview", p, "--model", tiny_model, "--strength", "0,3").exit_code == 2
+    assert cli("preview", tmp_path, "--model", tiny_model, "--strength", "0,1").exit_code == 2
