@@ -13,6 +13,7 @@ from dataclasses import dataclass
 QUALITY = 95  # JPEG and WebP quality of the outputs (written 4:4:4)
 MAX_MEGAPIXELS = 150.0  # input size limit: a 150 MP medium-format frame passes, bombs do not
 STRENGTH = 1.0  # how much of a joint model's look is applied (0 none, 1 as trained, up to 2)
+SCALE = 2  # output size: 2x; --scale 1 applies the look alone, at the input's size
 RAW_JPEG = "raw"  # which file of a RAW+JPEG pair is enhanced: raw, jpeg or both
 
 # ----------------------------------------------------------------------------- the network

@@ -33,6 +33,7 @@ class Settings:
     max_megapixels: float = defaults.MAX_MEGAPIXELS
     threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
     strength: float = defaults.STRENGTH  # how much of the model's look to apply (model.with_strength)
+    scale: int = defaults.SCALE  # output size: the model's (2x), or 1: the look alone at the input's size
 
 
 @dataclass
@@ -126,7 +127,7 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     import torch
 
     from srpie_cli.model import upsample_bicubic
-    from srpie_cli.tiling import TileOptions, to_pixels, to_tensor, upscale
+    from srpie_cli.tiling import TileOptions, to_pixels, to_tensor
 
     # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit.
     # A photo that does not fill a tile both ways would be a shape of its own: it runs eager,
@@ -137,7 +138,7 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
                        fit=not compiled)
     x = to_tensor(images.to_float(photo.pixels))
-    y = upscale(model, x, opts, on_retry=on_retry, on_tile=on_tile)
+    y = at_scale(model, x, settings.scale, opts, on_retry=on_retry, on_tile=on_tile)
     if not bool(torch.isfinite(y).all()):
         raise SrpieError("the network's output is not finite (NaN or infinity): the model's weights are broken")
     if images.is_monochrome(photo.pixels):  # in place: a 24 MP output is 1.2 GB of float32
@@ -148,10 +149,41 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     pixels = images.from_float(to_pixels(y), photo.bits, overwrite=True)  # y is ours
     del y, x
     alpha = None
-    if photo.alpha is not None:
+    if photo.alpha is not None and settings.scale == 1:
+        alpha = photo.alpha
+    elif photo.alpha is not None:
         a = torch.from_numpy(images.to_float(photo.alpha))[None, None]
         alpha = images.from_float(upsample_bicubic(a, model.scale)[0, 0].numpy(), photo.bits)
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
+
+
+def at_scale(model, x, scale: int, opts, **kw):
+    """The output at ``scale``: the model's own (``tiling.upscale``), or 1: the look alone at
+    the input's size. A global look (``model.GlobalLook``) is applied directly, a band of rows
+    at a time, with the coefficients of the whole photo; another model's look is its 2x
+    output downscaled (antialiased), the same look at a quarter of the pixels written."""
+    import torch
+    import torch.nn.functional as F
+
+    from srpie_cli.model import context_thumbnail
+    from srpie_cli.tiling import upscale
+
+    if scale == model.scale:
+        return upscale(model, x, opts, **kw)
+    if scale != 1:
+        raise SrpieError(f"--scale {scale}: this model writes x{model.scale} or, with --scale 1, the input's size")
+    net = getattr(model, "model", model)  # inside accel.Prepared
+    look = getattr(net, "global_look", None)
+    if look is None:
+        y = upscale(model, x, opts, **kw)
+        return F.interpolate(y, size=x.shape[-2:], mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        m = look.coefficients(context_thumbnail(x).to(device))
+        y = torch.empty_like(x)
+        for r in range(0, x.shape[-2], 256):  # 13 terms a pixel: a band at a time, not the whole photo
+            y[..., r:r + 256, :] = look.map(x[..., r:r + 256, :].to(device), m).float().cpu()
+    return y
 
 
 def fills_tile(size: tuple[int, int], tile: int | None, overlap: int) -> bool:
