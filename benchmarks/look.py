@@ -69,13 +69,43 @@ def sr_rows(model, folder: Path) -> list[dict]:
     return rows
 
 
+# the six neutral patches of the ColorChecker's bottom row in raw/tinydng/colorchart.dng
+# (centres as fractions of the developed frame's width and height)
+CHART_GREYS = [(x / 800, 428 / 533) for x in (323, 375, 427, 478, 528, 579)]
+
+
+def chart_greys(model) -> dict:
+    """a*, b* of the colour chart's grey patches after the model (input: the developed DNG,
+    halved): a look that neutralises casts brings them near 0."""
+    from PIL import Image
+
+    from srpie_cli.images import read_photo, to8
+    from srpie_cli.metrics import srgb_to_lab
+
+    photo = read_photo(DATA / "raw" / "tinydng" / "colorchart.dng")
+    with Image.fromarray(to8(photo.pixels)) as im:
+        lr = np.asarray(im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS))
+    out = run_model(model, lr, WHOLE)
+
+    def patches(img):
+        h, w = img.shape[:2]
+        r = max(2, int(0.012 * w))
+        lab = [srgb_to_lab(img[int(fy * h) - r:int(fy * h) + r, int(fx * w) - r:int(fx * w) + r]).reshape(-1, 3).mean(0)
+               for fx, fy in CHART_GREYS]
+        return np.array(lab)
+
+    before, after = patches(to_float(lr)), patches(out)
+    return {"input_ab": before[:, 1:].round(1).tolist(), "output_ab": after[:, 1:].round(1).tolist(),
+            "max_abs_ab": float(np.abs(after[:, 1:]).max()), "input_max_abs_ab": float(np.abs(before[:, 1:]).max())}
+
+
 def measure(name: str, strength: float = 1.0) -> dict:
     model, _ = load_model(name)
     with_strength(model, strength)
     fivek = pairs_rows(model, DATA / "pairs" / "fivek15")
     lol = pairs_rows(model, DATA / "pairs" / "lol485")
     sr = {s: sr_rows(model, DATA / "val" / s) for s in ("Set5", "Set14")}
-    return {"model": name, "strength": strength, "fivek": fivek, "lol": lol, "sr": sr}
+    return {"model": name, "strength": strength, "fivek": fivek, "lol": lol, "sr": sr, "chart": chart_greys(model)}
 
 
 def summary(m: dict) -> list[tuple[str, str, str]]:
@@ -91,6 +121,9 @@ def summary(m: dict) -> list[tuple[str, str, str]]:
         ("dark frames: LOL held-out", f"{np.mean([r['psnr'] for r in lol]):.2f} dB, SSIM {np.mean([r['ssim'] for r in lol]):.3f}",
          ">= 22 dB, SSIM >= 0.80"),
     ]
+    c = m["chart"]
+    rows.append(("white balance: chart greys max |a*|,|b*|", f"{c['max_abs_ab']:.1f} (input {c['input_max_abs_ab']:.1f})",
+                 "<= 4"))
     for s, r in m["sr"].items():
         rows.append((f"needs nothing: {s}", f"{np.mean([x['gain'] for x in r]):+.2f} dB Y, "
                      f"|dL*| mean {np.mean([abs(x['dL']) for x in r]):.2f} (max {max(abs(x['dL']) for x in r):.2f})",
