@@ -395,7 +395,8 @@ def _rules(fmt: str | None, select: Selection, rule_for: Callable[[str], Rule] |
 def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule],
             results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
     """The sources less the frames culled in their XMP sidecars: rejects always, and those
-    rated below the folder's ``min_rating``. A sidecar that cannot be read fails its photo."""
+    rated below the folder's ``min_rating``. A photo whose sidecar cannot be read is kept (the
+    note says why nothing was carried), unless a minimum rating has to be checked."""
     kept = []
     listings: dict[Path, dict[str, Path]] = {}
     for f, out_dir, root in sources:
@@ -404,12 +405,15 @@ def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule]
         if side is None:
             kept.append((f, out_dir, root))
             continue
+        least = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "").select.min_rating
         try:
             c = sidecar.read(side)
-        except ValueError as e:
-            results.append(FileResult(str(f), "failed", reason=str(e)))
+        except ValueError as e:  # enhanced with a note (``_carry``), unless its rating decides
+            if least is not None:
+                results.append(FileResult(str(f), "skipped", reason=f"{e}: its rating is unknown (--min-rating)"))
+            else:
+                kept.append((f, out_dir, root))
             continue
-        least = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "").select.min_rating
         if why := c.rejected:
             results.append(FileResult(str(f), "skipped", reason=why))
         elif least is not None and (c.rating or 0) < least:
@@ -737,7 +741,11 @@ def _announce(jobs: Sequence[Job], enhancer, listener: Listener, loaded: float) 
 
 def _carry(photo: Photo, path: Path) -> None:
     """The sidecar's rating, label, pick flag, title and keywords into the photo's XMP."""
-    c = sidecar.read(path)
+    try:
+        c = sidecar.read(path)
+    except ValueError as e:
+        photo.notes.append(f"nothing carried from its sidecar: {e}")
+        return
     photo.xmp = sidecar.merge(photo.xmp, c, photo.notes)
     if fields := c.fields():
         photo.notes.append(f"{', '.join(fields)} carried from {path.name}")
@@ -983,8 +991,13 @@ def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
         else:
             jobs.append((job, size))
     mp = sum(w * h for _, (w, h) in jobs) / 1e6
-    cost, compiled, tile, how = estimate.cost_for(settings, mp, warn)
-    secs = estimate.seconds(cost, [size for _, size in jobs], settings, tile, compiled)
+    secs, hows = 0.0, []
+    for own in _groups([j for j, _ in jobs], settings):  # a job file's folders: a model each
+        sizes = [size for j, size in jobs if (j.settings or settings) == own]
+        cost, compiled, tile, how = estimate.cost_for(own, mp, warn)
+        secs += estimate.seconds(cost, sizes, own, tile, compiled)
+        hows.append(how)
+    how = "; ".join(dict.fromkeys(hows))
     from srpie_cli.tiling import pick_device
 
     return DryRun(jobs, results, mp, secs, how, str(pick_device(settings.device)), tile)

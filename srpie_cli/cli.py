@@ -316,7 +316,8 @@ def _summary(outcome, report):
     table.add_row("total", str(len(outcome.results)))
     mp = sum(r.megapixels for r in outcome.results if r.status == "done")
     out.print(table)
-    out.print(f"{mp:.1f} MP in {outcome.seconds:.1f} s" + (f"; report: {_shown(report)}" if report else ""),
+    speed = f" ({_sig(mp / outcome.seconds)} MP/s)" if mp and outcome.seconds > 0 else ""
+    out.print(f"{mp:.1f} MP in {outcome.seconds:.1f} s{speed}" + (f"; report: {_shown(report)}" if report else ""),
               highlight=False, soft_wrap=True, markup=False)
 
     def count(status, *words):

@@ -440,3 +440,30 @@ def test_several_strengths_side_by_side_on_one_sheet(tmp_path, tiny_model):
             assert im.size[0] > 1.8 * single.size[0] and im.size[1] == single.size[1]  # 4 panels beside 2
     assert cli("preview", p, "--model", tiny_model, "--strength", "0,3").exit_code == 2
     assert cli("preview", tmp_path, "--model", tiny_model, "--strength", "0,1").exit_code == 2
+
+
+def test_a_broken_sidecar_never_fails_its_photo(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/IMG_1.jpg")
+    (tmp_path / "s/IMG_1.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF")  # cut short
+    out = run([tmp_path / "s"], tmp_path / "o", tiny_model)
+    (r,) = out.results
+    assert r.status == "done" and any("nothing carried from its sidecar" in n for n in r.notes)
+    out = run([tmp_path / "s"], tmp_path / "o2", tiny_model, select=batch.Selection(min_rating=1))
+    (r,) = out.results
+    assert r.status == "skipped" and "rating is unknown" in r.reason
+
+
+def test_the_progress_bar_moves_in_megapixels_within_a_frame():
+    from srpie_cli.cli import _Bar
+
+    bar = _Bar()
+    bar.start(2, {"name": "tiny"}, "cpu")
+    bar.sizes({"a.jpg": 3.0, "b.jpg": 1.0}, 40.0)
+    task = bar.progress.tasks[0]
+    assert task.total == pytest.approx(4.0)
+    bar.tiles("a.jpg", 1, 3)
+    assert task.completed == pytest.approx(1.0)  # a third of the large frame
+    bar.file_done(batch.FileResult("a.jpg", "done", megapixels=3.0, timings={"enhance": 1.0}))
+    bar.tiles("b.jpg", 1, 2)
+    assert task.completed == pytest.approx(3.5)
+    bar.stop()
