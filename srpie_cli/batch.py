@@ -681,7 +681,8 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
     if pool is not None:  # --jobs, --ray: ``pool(settings, mp)`` starts workers doing the same work (pool.py)
         from srpie_cli.pool import run as run_pool
 
-        run_pool(p.jobs, pool(settings, mp), listener, results, failed_decoding if failed_decoding is not None else set())
+        own = next(iter(groups), settings)  # a job file's settings, when one applies to every photo
+        run_pool(p.jobs, pool(own, mp), listener, results, failed_decoding if failed_decoding is not None else set())
         return results
     failed_decoding = failed_decoding if failed_decoding is not None else set()
     for n, (own, jobs) in enumerate(groups.items()):  # one model per distinct settings (a job file's folders)

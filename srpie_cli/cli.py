@@ -155,9 +155,13 @@ def _settings(model, device, tile, overlap, tta, half, quality, max_megapixels, 
 def _pool(jobs: int | None, ray: str | None):
     """``batch.enhance``'s pool: Ray actors (--ray), worker processes (--jobs N), or None."""
     if ray is not None:
+        from srpie_cli.batch import UsageError
         from srpie_cli.cluster import actors
 
-        return actors(address=None if ray == "local" else ray, count=jobs)
+        try:
+            return actors(address=None if ray == "local" else ray, count=jobs)
+        except UsageError as e:  # no Ray here: said before any folder is made
+            raise fail(_esc(e), EXIT_USAGE) from None
     if jobs and jobs > 1:
         from functools import partial
 

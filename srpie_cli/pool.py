@@ -28,6 +28,7 @@ import errno
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -45,18 +46,28 @@ DECODE, ENHANCE, ENCODE = "decode", "enhance", "encode"  # where a photo failed
 class Staged(Enhancer):
     """An Enhancer that knows how far ``process`` got, so a failure is judged as the local
     run judges it: before the network (decode, the check of the output's metadata) it is the
-    file's own, and the other file of a RAW+JPEG pair stands in; after it, the disk's."""
+    file's own, and the other file of a RAW+JPEG pair stands in; after it, the disk's.
+    ``seen`` keeps what was known of the photo (size, decoder notes, timings) for the
+    report of a photo that fails after its decode, as a local run reports it."""
 
     stage = DECODE
 
     def process(self, src: Path, dst: Path, fmt: str):
-        self.stage = DECODE
+        self.stage, self.seen = DECODE, {"megapixels": 0.0, "timings": {}, "notes": []}
         return super().process(src, dst, fmt)
 
+    def decode(self, src: Path):
+        t = time.perf_counter()
+        photo = super().decode(src)
+        self.seen.update(megapixels=round(photo.megapixels, 3), notes=list(photo.notes))
+        self.seen["timings"]["decode"] = round(time.perf_counter() - t, 3)
+        return photo
+
     def enhance(self, photo, *args, **kw):
-        self.stage = ENHANCE
+        self.stage, t = ENHANCE, time.perf_counter()
         out = super().enhance(photo, *args, **kw)
         self.stage = ENCODE
+        self.seen["timings"]["enhance"] = round(time.perf_counter() - t, 3)
         return out
 
 
@@ -93,6 +104,8 @@ def work(enhancer: Staged, task: Task) -> Result:
         res["reason"] = f"cannot write {dst}: {_reason(e, dst)}" if stage == ENCODE else _reason(e, src)
         res["content"] = (stage == DECODE and isinstance(e, FILE_ERRORS) and not isinstance(e, (OSError, MemoryError))
                           and "cannot read (" not in str(e))
+        if stage != DECODE:
+            res.update(enhancer.seen)
         return res
     res.update(ok=True, megapixels=done.megapixels, timings=done.timings, notes=done.notes)
     return res

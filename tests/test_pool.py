@@ -185,3 +185,38 @@ def test_ray_without_ray_installed_says_how_to_get_it(tmp_path, monkeypatch, sho
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as where it is not installed
     r = CliRunner().invoke(app, ["enhance", str(shoot), "-o", str(tmp_path / "o"), "--ray", "local"])
     assert r.exit_code == 2 and 'pip install "srpie[ray]"' in r.output
+
+
+@pytest.mark.slow
+def test_srpie_enhance_jobs_2(tmp_path, tiny_model, shoot):
+    """The command line: --jobs 2 in the Advanced options, the local run's exit code (a bad
+    file is status 1), every file in the report with the worker that made it."""
+    from typer.testing import CliRunner
+
+    from srpie_cli.cli import app
+
+    r = CliRunner().invoke(app, ["enhance", str(shoot), "-o", str(tmp_path / "o"), "-m", str(tiny_model),
+                                 "--threads", "1", "--jobs", "2", "--report", str(tmp_path / "run.json")])
+    assert r.exit_code == 1, r.output
+    assert "2 worker processes" in r.output
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["summary"]["done"] == 6 and doc["summary"]["failed"] == 4
+    assert all(f["worker"]["pid"] for f in doc["files"] if f["status"] == "done")
+
+
+def test_a_photo_that_fails_in_the_network_is_reported_as_a_local_run_reports_it(tmp_path, tiny_model, shoot,
+                                                                                  monkeypatch, one_thread):
+    from srpie_cli import inference
+
+    def broken(*a, **k):
+        raise RuntimeError("the network broke")
+
+    monkeypatch.setattr(inference, "enhance_photo", broken)
+    src = shoot / "day1/IMG_0002.JPG"
+    settings = Settings(model=str(tiny_model))
+    local = batch.enhance(inputs=[src], output=tmp_path / "a", settings=settings).results[0]
+    pooled = batch.enhance(inputs=[src], output=tmp_path / "b", settings=settings, pool=Inline).results[0]
+    assert (pooled.status, pooled.reason, pooled.megapixels, pooled.notes) == \
+        (local.status, local.reason, local.megapixels, local.notes) == ("failed", "RuntimeError: the network broke",
+                                                                         local.megapixels, local.notes)
+    assert pooled.megapixels > 0 and set(pooled.timings) == set(local.timings) == {"decode"}
