@@ -35,7 +35,8 @@ RESTARTS = 3  # an actor whose process dies is started again this often; its que
 def actors(address: str | None = None, count: int | None = None, cpus: int | None = None) -> Callable:
     """``batch.enhance``'s ``pool`` for a Ray cluster: ``address`` None starts a local Ray
     instance on this machine, ``"auto"`` or ``"ray://host:port"`` joins a running cluster.
-    ``count`` actors (default: one per GPU, else one per ``cpus`` CPUs), ``cpus`` CPUs each
+    ``count`` actors (default: one per GPU, else one per ``cpus`` CPUs; up to 4 a GPU share
+    it), ``cpus`` CPUs each
     (default: 1 beside a GPU, else an equal share of the cluster's CPUs for ``count`` actors,
     else ``CPUS_PER_ACTOR``). A usage error without Ray."""
     from srpie_cli.batch import UsageError
@@ -99,14 +100,20 @@ class Actors:
         gpu = settings.device != "cpu" and have.get("GPU", 0) >= 1
         total_cpus = int(have.get("CPU", 1))
         per = cpus or (1 if gpu else max(1, total_cpus // count if count else min(CPUS_PER_ACTOR, total_cpus)))
-        n = count or (int(have["GPU"]) if gpu else max(1, total_cpus // per))
-        room = int(have.get("GPU", 0)) if gpu else total_cpus // per
-        if n > room:
+        gpus = int(have.get("GPU", 0))
+        n = count or (gpus if gpu else max(1, total_cpus // per))
+        # more actors than GPUs share them (2 a GPU: one decodes and encodes while the other's network runs)
+        a_gpu = -(-n // gpus) if gpu else 0
+        share = 1 / a_gpu if gpu else 0
+        if n * per > total_cpus or a_gpu > 4:
+            room = min(total_cpus // per, 4 * gpus) if gpu else total_cpus // per
             raise SrpieError(f"--ray: the cluster has room for {room} actor(s) of {per} CPU(s)"
-                             f"{' and a GPU' if gpu else ''} now, not {n}: give fewer --jobs")
+                             f"{' and up to 4 a GPU' if gpu else ''} now, not {n}: give fewer --jobs")
+        if gpu and settings.device.startswith("cuda"):
+            settings = replace(settings, device="cuda")  # an actor sees only its own GPU, as cuda:0
         if not settings.threads and not gpu:
             settings = replace(settings, threads=per)
-        remote = ray.remote(Actor).options(num_cpus=per, num_gpus=1 if gpu else 0, max_restarts=RESTARTS,
+        remote = ray.remote(Actor).options(num_cpus=per, num_gpus=share, max_restarts=RESTARTS,
                                            max_task_retries=RESTARTS)
         self.actors = [remote.remote(settings, megapixels) for _ in range(n)]
         self.load = {a: 0 for a in self.actors}
@@ -117,7 +124,7 @@ class Actors:
         self.hello = hellos[0]
         nodes = len({h["worker"]["node"] for h in hellos})
         self.description = (f"Ray: {n} actor(s) on {nodes} node(s), {self.hello['device']}"
-                            f"{'' if gpu else f', {per} CPU(s) each'}")
+                            f"{f', {share:g} GPU each' if gpu else f', {per} CPU(s) each'}")
 
     def free(self) -> int:
         return sum(IN_FLIGHT - k for k in self.load.values())
@@ -159,6 +166,11 @@ class Actors:
         """Actors killed (their queued tasks dropped, writes in flight cut short: the driver
         removes their temporary files), and a local Ray instance shut down."""
         ray = self.ray
+        for ref in self.inflight:  # cancelled first: a killed actor's tasks would be announced as retried
+            try:
+                ray.cancel(ref)
+            except Exception:
+                pass
         for a in self.actors:
             try:
                 ray.kill(a, no_restart=True)
