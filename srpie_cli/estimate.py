@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from srpie_cli import SrpieError, defaults, first_line, images
@@ -32,11 +32,14 @@ CALIBRATION_SECONDS = 4.0  # a timing is repeated (best of three) while the repe
 
 @dataclass(frozen=True)
 class Cost:
-    """Seconds per forward pass (``a``), per input pixel of a tile (``b``), to load the model."""
+    """Seconds per forward pass (``a``), per input pixel of a tile (``b``), to load the model;
+    ``batch``: tiles per forward pass (1 on a CPU, where ``accel.Prepared`` runs a batch tile
+    by tile)."""
 
     a: float
     b: float
     load: float = 0.0
+    batch: int = 1
 
 
 def cache_dir() -> Path:
@@ -163,22 +166,20 @@ def calibrate(enhancer, load_seconds: float = 0.0) -> Cost:
 
     timed(SMALL)  # the first passes allocate and warm up
     t1, t2 = timed(SMALL), timed(big)
-    (c1, p1), (c2, p2) = (layout(n, n, tile, s.overlap, opts.tile_batch) for n in (SMALL, big))
+    (c1, p1), (c2, p2) = (layout(n, n, tile, s.overlap, 1) for n in (SMALL, big))  # one tile each
     det = c1 * p2 - c2 * p1
     a = (t1 * p2 - t2 * p1) / det if det else 0.0
     b = (c1 * t2 - c2 * t1) / det if det else t2 / p2
     if a < 0 or b <= 0:  # timing noise on a busy machine: all of it per pixel
         a, b = 0.0, t2 / p2
-    return Cost(a, b, load_seconds)
+    return Cost(a, b, load_seconds, 1 if enhancer.device.type == "cpu" else opts.tile_batch)
 
 
 def seconds(cost: Cost, sizes, settings, tile: int, compiled: bool) -> float:
     """The network's seconds for photos of ``sizes`` ((w, h) each), plus loading the model."""
-    from srpie_cli.tiling import TileOptions
-
     total = 0.0
     for w, h in sizes:
-        calls, pixels = layout(w, h, tile, settings.overlap, TileOptions().tile_batch)
+        calls, pixels = layout(w, h, tile, settings.overlap, cost.batch)
         total += cost.a * calls + cost.b * pixels
     total *= 4 if settings.tta else 1
     if compiled:
@@ -199,10 +200,9 @@ def cost_for(settings, megapixels: float, warn=lambda m: None) -> tuple[Cost, bo
     tile = settings.tile if settings.tile is not None else default_tile(device)
     compiled = {"on": True, "off": False}.get(settings.compile, device.type == "cpu"
                                                 and megapixels >= defaults.COMPILE_MIN_MP)
-    key = cache_key(settings, str(device), threads)
+    key = cache_key(replace(settings, tile=tile), str(device), threads)  # as a run keys it: its tile resolved
     if (cost := cached(key)) is not None:
         return cost, compiled, tile, "calibration cached"
-    from dataclasses import replace
 
     # imported before the clock starts: a real run has them already
     import srpie_cli.accel

@@ -467,3 +467,17 @@ def test_the_progress_bar_moves_in_megapixels_within_a_frame():
     bar.tiles("b.jpg", 1, 2)
     assert task.completed == pytest.approx(3.5)
     bar.stop()
+
+
+def test_a_run_uses_the_calibration_its_dry_run_made(tmp_path, tiny_model, monkeypatch):
+    from srpie_cli import estimate
+
+    shoot = small_shoot(tmp_path / "shoot", n=1, h=24, w=32)
+    settings = Settings(model=str(tiny_model), device="cpu", threads=1)
+    batch.dry_run(inputs=[shoot], output=tmp_path / "out", settings=settings)
+    monkeypatch.setattr(estimate, "calibrate", lambda *a: pytest.fail("calibrated again"))
+
+    class Header(batch.Listener):
+        wants_estimate = True
+
+    batch.enhance(inputs=[shoot], output=tmp_path / "out", settings=settings, listener=Header())
