@@ -171,8 +171,10 @@ def _pool(jobs: int | None, ray: str | None):
     return None
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME|FILE",
-                                       help="Shipped model (srpie models) or a weights file.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", metavar="NAME|FILE", show_default=False,
+    help=f"Shipped model (srpie models) or a weights file [default: {defaults.MODEL} on CUDA, "
+    f"{defaults.CPU_MODEL} on a CPU].")]
 DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", rich_help_panel=ADVANCED)]
 TileOpt = Annotated[Optional[int], typer.Option(
     min=0, metavar="N", rich_help_panel=ADVANCED,
@@ -187,6 +189,17 @@ TtaOpt = Annotated[bool, typer.Option("--tta", rich_help_panel=ADVANCED,
                                       help="Average the four flips (4x slower, slightly better).")]
 HalfOpt = Annotated[bool, typer.Option("--half", rich_help_panel=ADVANCED,
                                        help="float16 on CUDA (ignored with a warning on the CPU).")]
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+PrecisionOpt = Annotated[Precision, typer.Option(
+    rich_help_panel=ADVANCED, help="auto: bfloat16 on a CPU with AVX512-BF16 or AMX, float16 on CUDA with --half, "
+    "else float32; float32 to force it.")]
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, metavar="MP",
                                          help="Refuse larger inputs (decompression bombs).")]
 ThreadsOpt = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
@@ -226,7 +239,9 @@ class _Lines:
 
     def start(self, total, model, device):
         if not self.quiet:
-            err.print(f"srpie {__version__}: {total} photo(s), model {model.get('name')}, {device}", highlight=False)
+            default = " (the default on this device)" if model.get("default_for") else ""
+            err.print(f"srpie {__version__}: {total} photo(s), model {model.get('name')}{default}, {device}, "
+                      f"{model.get('precision', 'float32')}", highlight=False)
 
     def sizes(self, megapixels, seconds):
         if not self.quiet:
@@ -349,7 +364,7 @@ def enhance(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", file_okay=False, metavar="DIR",
         help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
-    model: ModelOpt = defaults.MODEL,
+    model: ModelOpt = None,
     strength: StrengthOpt = defaults.STRENGTH,
     fmt: Annotated[Optional[OutFormat], typer.Option(
         "--format", help="Output format (default: as the input; RAW -> 16-bit TIFF, HEIC and AVIF -> JPEG).")] = None,
@@ -390,6 +405,7 @@ def enhance(
     overlap: OverlapOpt = defaults.OVERLAP,
     tta: TtaOpt = False,
     half: HalfOpt = False,
+    precision: PrecisionOpt = Precision.auto,
     threads: ThreadsOpt = 0,
     compile: CompileOpt = Compile.auto,
     jobs: JobsOpt = None,
@@ -402,7 +418,8 @@ def enhance(
     opts = dict(output=output, model=model, strength=strength, fmt=fmt.value if fmt else None, quality=quality,
                 suffix=suffix, include=tuple(include or ()), exclude=tuple(exclude or ()), min_rating=min_rating,
                 raw_jpeg=raw_jpeg.value, overwrite=overwrite, max_megapixels=max_megapixels, device=device,
-                tile=tile, overlap=overlap, tta=tta, half=half, threads=threads, compile=compile.value)
+                tile=tile, overlap=overlap, tta=tta, half=half, threads=threads, compile=compile.value,
+                precision=precision.value)
     # given on the command line: these win over a job file (by name: Typer may bundle its own click)
     given = {name for name in opts
              if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
@@ -423,7 +440,8 @@ def _enhance(paths, opts: dict, given: set[str], *, config, report, retry_failed
             job = jobfile.load(found)
             opts = jobfile.merged(job, opts, given)
         settings = Settings(**{k: opts[k] for k in ("model", "device", "tile", "overlap", "tta", "half", "quality",
-                                                    "max_megapixels", "threads", "compile", "strength")})
+                                                    "max_megapixels", "threads", "compile", "strength",
+                                                    "precision")})
         select = Selection(opts["include"], opts["exclude"], opts["suffix"], opts["min_rating"])
         if found is not None and job.folders:
             rule_for = jobfile.rules(job, opts, given, settings, select)
@@ -482,7 +500,7 @@ def preview(
         "--output", "-o", dir_okay=False, metavar="FILE",
         help="Sheet to write, .png or .jpg (default: <name>_srpie_preview.png beside the photo; "
         "<folder>_srpie_preview.jpg beside the folder).")] = None,
-    model: ModelOpt = defaults.MODEL,
+    model: ModelOpt = None,
     strength: Annotated[str, typer.Option(
         metavar="S[,S...]", help="How much of the model's colour and tone correction to apply (0 none, 1 as trained, "
         "up to 2); several, e.g. 0,0.5,1, put one panel each side by side.")] = f"{defaults.STRENGTH:g}",
@@ -565,7 +583,7 @@ def models():
     table.add_column("params", justify="right", no_wrap=True)
     notes = []
     for name, entry in SHIPPED.items():
-        default = " (default)" if name == defaults.MODEL else ""
+        default = {defaults.MODEL: " (default on CUDA)", defaults.CPU_MODEL: " (default on a CPU)"}.get(name, "")
         try:
             net, meta = load_model(name)
         except SrpieError as e:

@@ -30,6 +30,9 @@ COMPILE = "auto"  # torch.compile: on, off, or auto (on a CPU for runs of COMPIL
 # torch.compile costs tens of seconds once per run and tile shape and saves about a third of
 # the CPU time per megapixel: it pays from a few megapixels on
 COMPILE_MIN_MP = 8.0
+# Arithmetic precision: auto (bfloat16 on a CPU with AVX512-BF16 or AMX: 2.3x float32 compiled
+# at 54 dB PSNR from it; float16 on CUDA with --half), float32 or bfloat16
+PRECISION = "auto"
 
 # ----------------------------------------------------------------------------- the models
 
@@ -64,4 +67,8 @@ SHIPPED: dict[str, ShippedModel] = {
 # srpie-x2 became it once it scored above bicubic on photos that need nothing (Set5, Set14:
 # weights/README.md); --model srpie-x2-sr leaves colour and tone as they are.
 MODEL = "srpie-x2"
+# On a CPU the default is the fast joint model: the same pass at 4.5x less arithmetic (a 24 MP
+# photo in about a minute instead of many: benchmarks/RESULTS.md); MODEL stays the default on
+# CUDA. Only when the user names no model (inference.Settings.model None).
+CPU_MODEL = "srpie-x2-fast"
 EVAL_MODEL = "srpie-x2-sr"  # srpie eval's default: the SR protocol scores a pure upscaler

@@ -20,9 +20,11 @@ from srpie_cli.images import Photo
 
 @dataclass(frozen=True)
 class Settings:
-    """How every photo of a run is made (defaults: ``defaults.py``)."""
+    """How every photo of a run is made (defaults: ``defaults.py``). ``model`` None: the
+    device's default (``defaults.CPU_MODEL`` on a CPU, ``defaults.MODEL`` on CUDA), named on
+    creation, so the report, the estimate and every worker see the model that runs."""
 
-    model: str = defaults.MODEL
+    model: str | None = None
     device: str = defaults.DEVICE
     tile: int | None = None  # None: defaults.CPU_TILE on a CPU, defaults.CUDA_TILE on CUDA
     compile: str = defaults.COMPILE  # torch.compile: "on", "off", or "auto"
@@ -34,6 +36,45 @@ class Settings:
     threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
     strength: float = defaults.STRENGTH  # how much of the model's look to apply (model.with_strength)
     scale: int = defaults.SCALE  # output size: the model's (2x), or 1: the look alone at the input's size
+    precision: str = defaults.PRECISION  # "auto", "float32" or "bfloat16" (load resolves auto)
+
+    def __post_init__(self):
+        if self.model is None:
+            object.__setattr__(self, "model", default_model(self.device))
+
+
+def default_model(device: str) -> str:
+    """The model a run on ``device`` gets when the user names none (``defaults.CPU_MODEL`` on a
+    CPU, ``defaults.MODEL`` on CUDA); torch is imported only for "auto"."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return defaults.CPU_MODEL if device == "cpu" else defaults.MODEL
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def pick_precision(settings: Settings, device, warn: Callable[[str], None]) -> str:
+    """What the network runs in: "float32", "bfloat16" or "float16" (``--half``, CUDA only).
+    auto: bfloat16 on a CPU that runs it natively (``accel.bf16_support``), else float32;
+    on CUDA ``--half`` decides, as before. bfloat16 where the device lacks it: float32, said."""
+    from srpie_cli.accel import bf16_support
+
+    if settings.precision not in PRECISIONS:
+        raise SrpieError(f"unknown precision {settings.precision!r}: use {', '.join(PRECISIONS)}")
+    if settings.half and settings.precision != "auto":
+        warn(f"--half is ignored with --precision {settings.precision}")
+    if settings.half and settings.precision == "auto" and device.type == "cuda":
+        return "float16"
+    if settings.half and device.type != "cuda":
+        warn("--half needs a CUDA device; ignored on the CPU")
+    lacks = bf16_support(device) if settings.precision != "float32" else "float32 asked for"
+    if settings.precision == "bfloat16" and lacks:
+        warn(f"--precision bfloat16: {lacks}; running in float32")
+    auto_ok = settings.precision == "auto" and device.type == "cpu"
+    return "bfloat16" if not lacks and (settings.precision == "bfloat16" or auto_ok) else "float32"
 
 
 @dataclass
@@ -103,14 +144,15 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
     device = pick_device(settings.device)
     model, meta = load_model(settings.model)
     with_strength(model, settings.strength)
-    if settings.half and device.type != "cuda":
-        warn("--half needs a CUDA device; running in float32 on the CPU")
-        settings = replace(settings, half=False)
+    precision = pick_precision(settings, device, warn)
+    settings = replace(settings, half=precision == "float16", precision=precision)
+    meta = {**meta, "precision": precision, "default_for": device.type
+            if settings.model == default_model(device.type) else None}
     if settings.tile is None:
         settings = replace(settings, tile=default_tile(device))
     auto = device.type == "cpu" and megapixels >= defaults.COMPILE_MIN_MP
     want = {"on": True, "off": False}.get(settings.compile, auto)
-    model = prepare(model, device, compile=want, on_fallback=warn)
+    model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision == "bfloat16")
     if meta.get("untrained"):
         warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
              "is a plain bicubic 2x upscale, not an enhancement")
@@ -134,7 +176,7 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     # so a folder of small photos of many sizes never compiles once per size.
     compiled = getattr(model, "compiled", False)
     if compiled and not fills_tile(photo.size, settings.tile, settings.overlap):
-        model, compiled = model.model, False
+        model, compiled = model.eager(), False
     opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
                        fit=not compiled)
     x = to_tensor(images.to_float(photo.pixels))

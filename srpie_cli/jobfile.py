@@ -98,6 +98,7 @@ KEYS: dict[str, tuple[str, Callable]] = {
     "overwrite": ("overwrite", _flag),
     "tta": ("tta", _flag),
     "half": ("half", _flag),
+    "precision": ("precision", _choice("auto", "float32", "bfloat16")),
     "device": ("device", _text),
     "tile": ("tile", _number(0, 1 << 16, int)),
     "overlap": ("overlap", _number(0, 1 << 12, int)),

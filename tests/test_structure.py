@@ -80,7 +80,9 @@ def test_defaults_are_defined_once_and_the_command_line_uses_them():
 
     for command in (enhance, preview):
         params = inspect.signature(command).parameters
-        assert params["model"].default == defaults.MODEL == Settings().model
+        # no model named: the device's default (defaults.MODEL on CUDA, defaults.CPU_MODEL on a CPU)
+        assert params["model"].default is None and Settings(device="cuda").model == defaults.MODEL
+        assert Settings(device="cpu").model == defaults.CPU_MODEL
         assert params["overlap"].default == defaults.OVERLAP == Settings().overlap == tiling.DEFAULT_OVERLAP
         assert params["max_megapixels"].default == defaults.MAX_MEGAPIXELS == Settings().max_megapixels
         # preview's takes a list (--strength 0,0.5,1): its default is the same number, written out

@@ -84,9 +84,9 @@ def test_the_defaults_agree():
     from srpie_cli.inference import Settings
     from srpie_cli.weights import DEFAULT_MODEL
 
-    assert DEFAULT_MODEL in SHIPPED and Settings().model == DEFAULT_MODEL
-    for command in (enhance, preview):
-        assert inspect.signature(command).parameters["model"].default == DEFAULT_MODEL
+    assert DEFAULT_MODEL in SHIPPED and Settings(device="cuda").model == DEFAULT_MODEL
+    for command in (enhance, preview):  # None: the device's default (inference.default_model)
+        assert inspect.signature(command).parameters["model"].default is None
 
 
 def test_the_model_card_and_readme_quote_the_scores_each_shipped_file_carries():
