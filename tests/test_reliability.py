@@ -40,7 +40,7 @@ def nearest(monkeypatch):
     photos it was given are recorded."""
     seen = []
 
-    def enhance(self, photo, on_retry=None):
+    def enhance(self, photo, on_retry=None, on_tile=None):
         seen.append(photo)
         up = np.repeat(np.repeat(photo.pixels, 2, 0), 2, 1)
         alpha = None if photo.alpha is None else np.repeat(np.repeat(photo.alpha, 2, 0), 2, 1)
