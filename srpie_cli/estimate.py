@@ -101,7 +101,7 @@ def cache_key(settings, device: str, threads: int) -> str:
     from srpie_cli.tiling import TileOptions
 
     parts = [_model_key(settings), device, threads, torch.__version__, settings.tile, settings.overlap,
-             settings.half, TileOptions().tile_batch]
+             settings.half, TileOptions().tile_batch, getattr(settings, "precision", None), getattr(settings, "scale", None)]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
 
@@ -192,7 +192,7 @@ def cost_for(settings, megapixels: float, warn=lambda m: None) -> tuple[Cost, bo
     tile it runs, how it was found). Cached; else the model is loaded and timed."""
     import torch
 
-    from srpie_cli.inference import load
+    from srpie_cli.inference import load, pick_precision
     from srpie_cli.tiling import default_tile, pick_device
 
     device = pick_device(settings.device)
@@ -200,7 +200,9 @@ def cost_for(settings, megapixels: float, warn=lambda m: None) -> tuple[Cost, bo
     tile = settings.tile if settings.tile is not None else default_tile(device)
     compiled = {"on": True, "off": False}.get(settings.compile, device.type == "cpu"
                                                 and megapixels >= defaults.COMPILE_MIN_MP)
-    key = cache_key(replace(settings, tile=tile), str(device), threads)  # as a run keys it: its tile resolved
+    # keyed as a run keys it: the tile and the precision resolved as ``inference.load`` does
+    precision = pick_precision(settings, device, lambda m: None)
+    key = cache_key(replace(settings, tile=tile, half=precision == "float16", precision=precision), str(device), threads)
     if (cost := cached(key)) is not None:
         return cost, compiled, tile, "calibration cached"
 
