@@ -481,3 +481,18 @@ def test_a_run_uses_the_calibration_its_dry_run_made(tmp_path, tiny_model, monke
         wants_estimate = True
 
     batch.enhance(inputs=[shoot], output=tmp_path / "out", settings=settings, listener=Header())
+
+
+def test_dry_run_of_a_shoot_with_raw_and_bad_files(shoot, tiny_model, tmp_path):
+    from tests.conftest import BAD, GOOD
+
+    d = batch.dry_run(inputs=[shoot], settings=Settings(model=str(tiny_model), device="cpu"))
+    sizes = {j.src.relative_to(shoot).as_posix(): size for j, size in d.jobs}
+    assert sizes["raw/IMG_0100.dng"][0] * sizes["raw/IMG_0100.dng"][1] >= 32 * 48 * 0.9  # from the RAW's header
+    assert sizes["day1/IMG_0002.JPG"] == (32, 24)
+    failed = {Path(r.input).relative_to(shoot).as_posix() for r in d.results if r.status == "failed"}
+    assert set(GOOD) <= set(sizes)
+    # headers only: an empty file or text fails now; a JPEG whose header is whole but whose
+    # scan data is damaged is named by the run itself
+    assert {"bad/empty.jpg", "bad/not a photo.jpg"} <= failed <= set(BAD)
+    assert not (shoot.parent / "shoot_srpie").exists()
