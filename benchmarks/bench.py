@@ -3,6 +3,7 @@
     python benchmarks/bench.py --quick          # CI smoke run: tiny sizes, seconds
     python benchmarks/bench.py                  # full run by hand
     python benchmarks/bench.py --json out.json  # also write every figure as JSON
+    python benchmarks/bench.py --cpu-default --threads 2  # the CPU default against IMDN x2, per MP
 
 Everything that is compared is measured in this one process, interleaved round-robin
 (A B C A B C ...), and the best of the repeats is reported next to the median: on a
@@ -368,6 +369,33 @@ def _upscale(model, x, opts):
     return lambda: upscale(model, x, opts)
 
 
+def cpu_default_vs_peer(side: int = 2 * CPU_TILE - DEFAULT_OVERLAP, reps: int = 3, out=print) -> dict:
+    """The CPU default (``srpie enhance`` with no model named: the shipped weights, compiled,
+    in the precision ``auto`` picks) against IMDN x2 (random weights) per megapixel, both
+    through ``upscale`` in 192 px tiles of one shape on a ``side`` x ``side`` image: IMDN
+    eager, as its authors run it, and prepared the same way as srpie (compiled, the same
+    precision). Interleaved, best of ``reps``."""
+    from benchmarks.peers import IMDN
+    from srpie_cli.inference import Settings, load
+
+    e = load(Settings(device="cpu", compile="on"))
+    bf16 = e.settings.precision == "bfloat16"
+    x = torch.rand(1, 3, side, side)
+    opts = TileOptions(tile=CPU_TILE, fit=False)
+    fns = {f"srpie {e.settings.model} ({e.settings.precision}, compiled)": _upscale(e.model, x, opts),
+           "IMDN x2 (float32, eager)": _upscale(prepare(IMDN(), "cpu", compile=False), x, opts),
+           f"IMDN x2 ({e.settings.precision}, compiled)": _upscale(prepare(IMDN(), "cpu", compile=True, bf16=bf16),
+                                                                   x, opts)}
+    res = timed(fns, reps)
+    rows = {name: {"mp_s": side * side / 1e6 / r["best"], "seconds": r["best"], "first_s": r["first"]}
+            for name, r in res.items()}
+    first = next(iter(rows.values()))["mp_s"]
+    for name, r in rows.items():
+        out(f"{name:40s} {r['mp_s']:.4g} input MP/s  ({r['seconds']:.3g} s a run, first {r['first_s']:.3g} s)"
+            f"  srpie against it: {first / r['mp_s']:.3g}x")
+    return rows
+
+
 # ----------------------------------------------------------------------------- report
 
 def run(sz: Sizes, out: Callable[[str], None] = print) -> dict:
@@ -488,9 +516,12 @@ def main(argv: list[str] | None = None, sizes: Sizes | None = None) -> dict:
     ap.add_argument("--threads", type=int, help="intra-op CPU threads (default: PyTorch's, one per core)")
     ap.add_argument("--child-memory", nargs=3, metavar=("H", "W", "PRESET"), help=argparse.SUPPRESS)
     ap.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # child: the eager model, unprepared
+    ap.add_argument("--cpu-default", action="store_true", help="only the CPU default against IMDN x2, per MP")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_default:
+        return cpu_default_vs_peer()
     if args.child_memory:
         h, w, preset = args.child_memory
         _child_memory(int(h), int(w), preset, bool(args.compile), args.naive)
