@@ -964,6 +964,7 @@ class DryRun:
     how: str  # how the model's speed was found (cached, or calibrated now)
     device: str
     tile: int
+    settings: Settings | None = None  # the run's; a job's own (a job file's folder) is ``Job.settings``
 
 
 def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Settings = Settings(),
@@ -1001,7 +1002,7 @@ def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     how = "; ".join(dict.fromkeys(hows))
     from srpie_cli.tiling import pick_device
 
-    return DryRun(jobs, results, mp, secs, how, str(pick_device(settings.device)), tile)
+    return DryRun(jobs, results, mp, secs, how, str(pick_device(settings.device)), tile, settings)
 
 
 def _recall(memory: dict[Path, Failures], inputs: Sequence[Path], roots: Sequence[Path]) -> Callable[[Path], str | None]:

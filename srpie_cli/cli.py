@@ -472,6 +472,8 @@ def _enhance(paths, opts: dict, given: set[str], *, config, report, retry_failed
 
 def _dry_run(**kw) -> int:
     """``enhance --dry-run``: the plan on stdout, one line a file, then the totals and the estimate."""
+    from dataclasses import asdict
+
     from srpie_cli.batch import UsageError, dry_run
 
     try:
@@ -481,7 +483,9 @@ def _dry_run(**kw) -> int:
     except SrpieError as e:
         raise fail(_esc(e), EXIT_FAILED) from None
     for job, (w, h) in d.jobs:
-        out.print(_shown(f"would enhance {job.src} -> {job.dst} ({w}x{h}, {w * h / 1e6:.1f} MP)"),
+        own = "" if job.settings is None else "".join(  # a job file's folder settings
+            f", {k} {v}" for k, v in asdict(job.settings).items() if getattr(d.settings, k) != v)
+        out.print(_shown(f"would enhance {job.src} -> {job.dst} ({w}x{h}, {w * h / 1e6:.1f} MP{own})"),
                   highlight=False, soft_wrap=True, markup=False)
     for r in d.results:
         verb = {"skipped": "would skip", "failed": "would fail"}.get(r.status, r.status)

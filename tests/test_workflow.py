@@ -381,6 +381,8 @@ format = "png"
     r = cli("enhance", shoot, "--strength", "0.2", "-o", tmp_path / "d2", "--report", tmp_path / "run2.json")
     files = {Path(f["input"]).name: f for f in json.loads((tmp_path / "run2.json").read_text())["files"]}
     assert r.exit_code == 0 and files["IMG_3.jpg"]["settings"] is None
+    r = cli("enhance", shoot, "--dry-run", "-o", tmp_path / "d3")
+    assert r.exit_code == 0 and "IMG_3_2x.png (32x24, 0.0 MP, strength 0.5)" in r.output, r.output
 
 
 @pytest.mark.parametrize("body, line, words", [
