@@ -404,22 +404,17 @@ class GlobalLook(nn.Module):
     """One colour mapping per photo, read from its thumbnail (not in the paper; the family of
     3D-LUT and curve enhancers): four stride-2 convs on the 64 x 64 thumbnail, mean- and
     max-pooled, two linear layers to the 3 x 13 coefficients of a cubic colour polynomial
-    (``colour_polynomial``), applied to every pixel. The head also reads each channel's levels
-    (its 1st to 99th percentiles on the thumbnail), what auto-levels reads. Fitted to each photo's own target, that
+    (``colour_polynomial``), applied to every pixel. Fitted to each photo's own target, that
     polynomial reproduces expert C's FiveK retouch to 38 dB (docs/network.md): a retoucher's
     look is mostly global. It starts as the identity (the last layer at zero), costs 39
     multiply-adds a pixel, and gives every tile of a photo the same look."""
-
-    QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)  # of each channel: the levels a retoucher reads
 
     def __init__(self, width: int = 32):
         super().__init__()
         self.body = nn.Sequential(conv(3, 16, 3, stride=2), nn.ReLU(), conv(16, width, 3, stride=2), nn.ReLU(),
                                   conv(width, 2 * width, 3, stride=2), nn.ReLU(),
                                   conv(2 * width, 2 * width, 3, stride=2), nn.ReLU())
-        self.register_buffer("q", torch.tensor(self.QUANTILES), persistent=False)
-        n_in = 4 * width + 3 * len(self.QUANTILES)
-        self.head = nn.Sequential(nn.Linear(n_in, 2 * width), nn.ReLU(), nn.Linear(2 * width, 3 * POLY_TERMS))
+        self.head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.ReLU(), nn.Linear(2 * width, 3 * POLY_TERMS))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("identity", identity_polynomial(), persistent=False)
@@ -427,8 +422,7 @@ class GlobalLook(nn.Module):
     def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:
         """N x 3 x 13 for N thumbnails (N x 3 x 64 x 64)."""
         f = self.body(thumb)
-        levels = torch.quantile(thumb.flatten(2).float(), self.q, dim=2).permute(1, 2, 0).flatten(1).to(f.dtype)
-        delta = self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3)), levels], dim=1))
+        delta = self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1))
         return self.identity + delta.view(-1, 3, POLY_TERMS)
 
     def forward(self, x: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
