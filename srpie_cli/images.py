@@ -55,13 +55,17 @@ TMP_MARK = ".srpie-tmp"  # temporary output files: ".<name>.srpie-tmp<random>"
 
 def _heif_opener() -> bool:
     """Pillow reads HEIC/HEIF through pillow-heif (a dependency; BSD-3, its wheels bundle
-    libheif, LGPL-3); AVIF through Pillow itself (11.3 and later). False where absent."""
-    try:
-        import pillow_heif
-    except ImportError:
-        return False
-    pillow_heif.register_heif_opener()
-    return True
+    libheif and libde265, LGPL-3, and the x265 encoder, GPL-2, which srpie never calls) or
+    pi-heif, its decode-only twin without x265, where that is what is installed; AVIF through
+    Pillow itself (11.3 and later). False where neither is there."""
+    for name in ("pillow_heif", "pi_heif"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        module.register_heif_opener()
+        return True
+    return False
 
 
 HEIF = _heif_opener()
