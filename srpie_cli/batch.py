@@ -306,7 +306,8 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
     roots = output_roots(inputs, output, raw_jpeg, select.suffix)
     results: list[FileResult] = []
     rules = _rules(fmt, select, rule_for)
-    sources = _culled(_sources(inputs, roots, results, select), rules, results)
+    side_of = sidecar.Finder()
+    sources = _culled(_sources(inputs, roots, results, select), rules, results, side_of)
 
     # RAW+JPEG pairs: the same name in the same folder; the file not chosen is the fallback
     kinds: dict[tuple[Path, str], dict[str, tuple[Path, Path, Path]]] = {}
@@ -340,7 +341,7 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
             return None, FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)")
         if failed_before and (reason := failed_before(f)):
             return None, FileResult(str(f), "failed", reason=f"{FAILED_BEFORE}: {reason} (--retry-failed to try again)")
-        return Job(f, dst, ofmt, sidecar=sidecar.find(f), settings=rule.settings), None
+        return Job(f, dst, ofmt, sidecar=side_of(f), settings=rule.settings), None
 
     def add(job: Job | None, res: FileResult | None, root: Path) -> None:
         if job is None:
@@ -393,15 +394,13 @@ def _rules(fmt: str | None, select: Selection, rule_for: Callable[[str], Rule] |
 
 
 def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule],
-            results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
+            results: list[FileResult], side_of: Callable[[Path], Path | None]) -> list[tuple[Path, Path, Path]]:
     """The sources less the frames culled in their XMP sidecars: rejects always, and those
     rated below the folder's ``min_rating``. A photo whose sidecar cannot be read is kept (the
     note says why nothing was carried), unless a minimum rating has to be checked."""
     kept = []
-    listings: dict[Path, dict[str, Path]] = {}
     for f, out_dir, root in sources:
-        listing = listings.setdefault(f.parent, sidecar.folder_listing(f.parent))
-        side = sidecar.find(f, listing) if listing else None
+        side = side_of(f)
         if side is None:
             kept.append((f, out_dir, root))
             continue

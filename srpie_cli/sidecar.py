@@ -80,6 +80,19 @@ def find(photo: Path, listing: dict[str, Path] | None = None) -> Path | None:
     return listing[others[0]] if others else None
 
 
+class Finder:
+    """``find`` with each folder listed once (a shoot folder of thousands of frames)."""
+
+    def __init__(self):
+        self.listings: dict[Path, dict[str, Path]] = {}
+
+    def __call__(self, photo: Path) -> Path | None:
+        if photo.parent not in self.listings:
+            self.listings[photo.parent] = folder_listing(photo.parent)
+        listing = self.listings[photo.parent]
+        return find(photo, listing) if listing else None
+
+
 def folder_listing(folder: Path) -> dict[str, Path]:
     try:
         return {p.name.lower(): p for p in folder.iterdir() if p.suffix.lower() == ".xmp"}
