@@ -395,29 +395,29 @@ def _rules(fmt: str | None, select: Selection, rule_for: Callable[[str], Rule] |
 
 def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule],
             results: list[FileResult], side_of: Callable[[Path], Path | None]) -> list[tuple[Path, Path, Path]]:
-    """The sources less the frames culled in their XMP sidecars: rejects always, and those
-    rated below the folder's ``min_rating``. A photo whose sidecar cannot be read is kept (the
+    """The sources less the frames culled in their XMP sidecar, or in their own XMP where they
+    have no sidecar (Lightroom writes a JPEG's rating into it): rejects always, and those
+    rated below the folder's ``min_rating`` (unrated counts as 0). A photo whose sidecar cannot be read is kept (the
     note says why nothing was carried), unless a minimum rating has to be checked."""
     kept = []
     for f, out_dir, root in sources:
         side = side_of(f)
-        if side is None:
-            kept.append((f, out_dir, root))
-            continue
         least = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "").select.min_rating
         try:
-            c = sidecar.read(side)
+            c = sidecar.read(side) if side is not None else sidecar.embedded(f)
         except ValueError as e:  # enhanced with a note (``_carry``), unless its rating decides
             if least is not None:
                 results.append(FileResult(str(f), "skipped", reason=f"{e}: its rating is unknown (--min-rating)"))
             else:
                 kept.append((f, out_dir, root))
             continue
-        if why := c.rejected:
+        where = side.name if side is not None else "its own XMP"
+        if c is not None and (why := c.rejected):
             results.append(FileResult(str(f), "skipped", reason=why))
-        elif least is not None and (c.rating or 0) < least:
-            results.append(FileResult(str(f), "skipped", reason=f"rated {c.rating or 0} in {side.name}, "
-                                      f"below --min-rating {least}"))
+        elif least is not None and (c is None or (c.rating or 0) < least):
+            said = f"rated {c.rating} in {where}" if c is not None and c.rating is not None else \
+                "unrated (no rating in an XMP sidecar or in the file)"
+            results.append(FileResult(str(f), "skipped", reason=f"{said}, below --min-rating {least}"))
         else:
             kept.append((f, out_dir, root))
     return kept

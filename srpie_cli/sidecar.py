@@ -122,9 +122,45 @@ def _props(root: ET.Element) -> dict[str, list[str]]:
 def read(path: Path) -> Culling:
     """Parse a sidecar. ValueError with the reason when it is not XMP."""
     try:
-        root = ET.fromstring(path.read_bytes())
-    except (ET.ParseError, OSError) as e:
+        return parse(path.read_bytes(), path)
+    except OSError as e:
         raise ValueError(f"{path.name}: not a readable XMP sidecar ({first_line(e)})") from None
+
+
+def embedded(photo: Path) -> Culling | None:
+    """The culling in the photo's own XMP (Lightroom writes a JPEG's rating into the JPEG), or
+    None when it has none or it cannot be read. Reads the header only; RAW files have none."""
+    from srpie_cli import images
+
+    kind = images.format_of(photo)
+    try:
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(photo) as tf:
+                tag = tf.pages.first.tags.get(700)
+                xmp = tag.value if tag is not None else None
+        elif kind in ("jpeg", "png", "webp", "heif", "avif"):
+            from PIL import Image
+
+            with Image.open(photo) as im:
+                xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+        else:
+            return None
+        if isinstance(xmp, str):
+            xmp = xmp.encode("utf-8")
+        return parse(re.sub(rb"<\?xpacket[^>]*\?>", b"", xmp).strip(b"\0 \r\n\t"), photo) if xmp else None
+    except Exception:  # unreadable here: the run names the photo if it cannot be decoded
+        return None
+
+
+def parse(data: bytes, path: Path) -> Culling:
+    """What an XMP packet says (``path``: where it came from, for messages). ValueError when
+    it is not XMP."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        raise ValueError(f"{path.name}: not readable XMP ({first_line(e)})") from None
     props = _props(root)
 
     def one(name: str) -> str | None:
@@ -136,7 +172,7 @@ def read(path: Path) -> Culling:
         c.rating = int(float(one("xmp:Rating"))) if one("xmp:Rating") is not None else None
         c.pick = int(one("xmpDM:pick")) if one("xmpDM:pick") is not None else None
     except ValueError:
-        raise ValueError(f"{path.name}: a rating or pick flag that is not a number") from None
+        raise ValueError(f"{path.name}: an XMP rating or pick flag that is not a number") from None
     c.label = one("xmp:Label")
     if c.label is None and (dt := props.get(_q("darktable:colorlabels"))):
         c.label = next((DARKTABLE_LABELS[int(v)] for v in dt if v.isdigit() and int(v) < len(DARKTABLE_LABELS)), None)

@@ -498,3 +498,21 @@ def test_dry_run_of_a_shoot_with_raw_and_bad_files(shoot, tiny_model, tmp_path):
     # scan data is damaged is named by the run itself
     assert {"bad/empty.jpg", "bad/not a photo.jpg"} <= failed <= set(BAD)
     assert not (shoot.parent / "shoot_srpie").exists()
+
+
+def test_a_rating_lightroom_wrote_into_the_jpeg_counts_and_unrated_frames_are_below_any_minimum(tmp_path):
+    from tests.conftest import camera_exif
+
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for name, rating in (("IMG_1.jpg", 4), ("IMG_2.jpg", -1), ("IMG_3.jpg", 1)):
+        xmp = LIGHTROOM.format(rating=rating, label="").encode()
+        Image.fromarray(pattern(16, 16)).save(shoot / name, exif=camera_exif(), xmp=xmp)
+    write_jpeg(shoot / "IMG_4.jpg")  # no rating anywhere
+    p = batch.plan([shoot], tmp_path / "out")
+    assert sorted(j.src.name for j in p.jobs) == ["IMG_1.jpg", "IMG_3.jpg", "IMG_4.jpg"]  # a reject never
+    p = batch.plan([shoot], tmp_path / "out", select=batch.Selection(min_rating=2))
+    assert [j.src.name for j in p.jobs] == ["IMG_1.jpg"]
+    why = {Path(r.input).name: r.reason for r in p.results}
+    assert why["IMG_3.jpg"] == "rated 1 in its own XMP, below --min-rating 2"
+    assert why["IMG_4.jpg"].startswith("unrated") and why["IMG_2.jpg"].startswith("rejected")
