@@ -54,11 +54,11 @@ TMP_MARK = ".srpie-tmp"  # temporary output files: ".<name>.srpie-tmp<random>"
 
 
 def _heif_opener() -> bool:
-    """Pillow reads HEIC/HEIF through pillow-heif (a dependency; BSD-3, its wheels bundle
-    libheif and libde265, LGPL-3, and the x265 encoder, GPL-2, which srpie never calls) or
-    pi-heif, its decode-only twin without x265, where that is what is installed; AVIF through
+    """Pillow reads HEIC/HEIF through pi-heif (a dependency; BSD-3, the decode-only build of
+    pillow-heif: libheif and libde265, LGPL-3, without pillow-heif's GPL-2 x265 encoder) or
+    pillow-heif where that is what is installed; AVIF through
     Pillow itself (11.3 and later). False where neither is there."""
-    for name in ("pillow_heif", "pi_heif"):
+    for name in ("pi_heif", "pillow_heif"):
         try:
             module = __import__(name)
         except ImportError:
@@ -132,7 +132,7 @@ def foreign_reason(path: Path) -> str | None:
         if readable(kind):
             return None
         return (f"{kind.upper()} cannot be read by this installation "
-                + ("(install pillow-heif)" if kind == "heif" else "(Pillow 11.3 or later reads AVIF)"))
+                + ("(install pi-heif)" if kind == "heif" else "(Pillow 11.3 or later reads AVIF)"))
     if path.suffix.lower() in COMPANIONS:
         return None
     what = FOREIGN.get(path.suffix.lower()) or sniff(path)
