@@ -405,7 +405,7 @@ def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule]
         least = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "").select.min_rating
         try:
             c = sidecar.read(side) if side is not None else sidecar.embedded(f)
-        except ValueError as e:  # enhanced with a note (``_carry``), unless its rating decides
+        except ValueError as e:  # enhanced with a note (``sidecar.carry``), unless its rating decides
             if least is not None:
                 results.append(FileResult(str(f), "skipped", reason=f"{e}: its rating is unknown (--min-rating)"))
             else:
@@ -739,18 +739,6 @@ def _announce(jobs: Sequence[Job], enhancer, listener: Listener, loaded: float) 
     listener.sizes({str(k): w * h / 1e6 for k, (w, h) in sizes.items()}, secs)
 
 
-def _carry(photo: Photo, path: Path) -> None:
-    """The sidecar's rating, label, pick flag, title and keywords into the photo's XMP."""
-    try:
-        c = sidecar.read(path)
-    except ValueError as e:
-        photo.notes.append(f"nothing carried from its sidecar: {e}")
-        return
-    photo.xmp = sidecar.merge(photo.xmp, c, photo.notes)
-    if fields := c.fields():
-        photo.notes.append(f"{', '.join(fields)} carried from {path.name}")
-
-
 class _Runner:
     """One run's pipeline: the next photos decode in a worker thread while the network works
     on the current one, and the previous ones encode behind it."""
@@ -782,7 +770,7 @@ class _Runner:
             try:
                 photo = self.enhancer.decode(j.src)
                 if j.sidecar is not None:
-                    _carry(photo, j.sidecar)
+                    sidecar.carry(photo, j.sidecar)
                 images.check_writable(j.dst, photo, j.fmt, self.settings.quality)
             except FILE_ERRORS as e:
                 failures.append(FileResult(str(j.src), "failed", reason=_reason(e, j.src)))

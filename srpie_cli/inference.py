@@ -108,13 +108,18 @@ class Enhancer:
     def decode(self, src: Path) -> Photo:
         return images.read_photo(src, self.settings.max_megapixels)
 
-    def process(self, src: Path, dst: Path, fmt: str) -> Done:
-        """Decode ``src``, check that its output can be written, enhance it and write ``dst``
-        atomically. Raises SrpieError (or OSError for the disk) with the reason; returns what
-        to report. Idempotent: running it twice writes the same file."""
+    def process(self, src: Path, dst: Path, fmt: str, side: Path | None = None) -> Done:
+        """Decode ``src`` (with its XMP sidecar ``side`` carried into its XMP), check that its
+        output can be written, enhance it and write ``dst`` atomically. Raises SrpieError (or
+        OSError for the disk) with the reason; returns what to report. Idempotent: running it
+        twice writes the same file."""
+        from srpie_cli import sidecar
+
         done = Done()
         t = time.perf_counter()
         photo = self.decode(src)
+        if side is not None:
+            sidecar.carry(photo, side)
         done.megapixels, done.timings["decode"] = round(photo.megapixels, 3), round(time.perf_counter() - t, 3)
         done.notes += photo.notes
         images.check_writable(dst, photo, fmt, self.settings.quality)
@@ -130,8 +135,10 @@ class Enhancer:
 
 def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megapixels: float = 0.0) -> Enhancer:
     """The model of ``settings`` ready for inference: threads set, the tile chosen for the
-    device, ``--half`` dropped with a warning off CUDA, torch.compile on a CPU when the run
-    is large enough (``megapixels``), an untrained model announced through ``warn``."""
+    device, the precision resolved (``pick_precision``: bfloat16 on a CPU that has it,
+    ``--half`` dropped with a warning off CUDA), torch.compile on a CPU when the run is large
+    enough (``megapixels``), an untrained model announced through ``warn``. ``meta`` gains
+    ``precision`` and ``default_for`` (the device type when the model is its default)."""
     import torch  # imported here: planning and --help stay fast
 
     from srpie_cli.accel import prepare

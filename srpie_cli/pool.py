@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from srpie_cli import SrpieError
 from srpie_cli.inference import Enhancer, Settings, load
 
-Task = tuple[Path, Path, str]  # (src, dst, output format)
+Task = tuple  # (src, dst, output format, XMP sidecar or None)
 Result = dict[str, Any]  # what ``work`` returns; see there
 DECODE, ENHANCE, ENCODE = "decode", "enhance", "encode"  # where a photo failed
 
@@ -52,9 +52,9 @@ class Staged(Enhancer):
 
     stage = DECODE
 
-    def process(self, src: Path, dst: Path, fmt: str):
+    def process(self, src: Path, dst: Path, fmt: str, side: Path | None = None):
         self.stage, self.seen = DECODE, {"megapixels": 0.0, "timings": {}, "notes": []}
-        return super().process(src, dst, fmt)
+        return super().process(src, dst, fmt, side)
 
     def decode(self, src: Path):
         t = time.perf_counter()
@@ -94,10 +94,11 @@ def work(enhancer: Staged, task: Task) -> Result:
     from srpie_cli.batch import FILE_ERRORS, _reason
 
     src, dst, fmt = Path(task[0]), Path(task[1]), task[2]
+    side = Path(task[3]) if len(task) > 3 and task[3] is not None else None
     res: Result = {"ok": False, "stage": None, "reason": None, "errno": None, "content": False,
                    "megapixels": 0.0, "timings": {}, "notes": [], "worker": identity()}
     try:
-        done = enhancer.process(src, dst, fmt)
+        done = enhancer.process(src, dst, fmt, side)
     except Exception as e:
         stage = enhancer.stage
         res.update(stage=stage, errno=getattr(e, "errno", None))
@@ -340,7 +341,7 @@ class _Driver:
                 e = todo.popleft()
                 self.prepare(e.file.dst.parent)
                 e.tries += 1
-                self.inflight[self.pool.submit((e.file.src, e.file.dst, e.file.fmt))] = e
+                self.inflight[self.pool.submit((e.file.src, e.file.dst, e.file.fmt, getattr(e.file, "sidecar", None)))] = e
             if not self.inflight:
                 break
             for key, r in self.pool.wait():

@@ -230,3 +230,15 @@ def merge(xmp: bytes | None, c: Culling, notes: list[str]) -> bytes:
     rdf.append(_carried(c))
     body = ET.tostring(root, encoding="utf-8", xml_declaration=False)
     return b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + body + b'\n<?xpacket end="w"?>'
+
+
+def carry(photo, path: Path) -> None:
+    """The sidecar's rating, label, pick flag, title and keywords into the photo's XMP."""
+    try:
+        c = read(path)
+    except ValueError as e:
+        photo.notes.append(f"nothing carried from its sidecar: {e}")
+        return
+    photo.xmp = merge(photo.xmp, c, photo.notes)
+    if fields := c.fields():
+        photo.notes.append(f"{', '.join(fields)} carried from {path.name}")

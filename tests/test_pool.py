@@ -220,3 +220,20 @@ def test_a_photo_that_fails_in_the_network_is_reported_as_a_local_run_reports_it
         (local.status, local.reason, local.megapixels, local.notes) == ("failed", "RuntimeError: the network broke",
                                                                          local.megapixels, local.notes)
     assert pooled.megapixels > 0 and set(pooled.timings) == set(local.timings) == {"decode"}
+
+
+def test_a_pool_carries_each_photos_xmp_sidecar_as_a_local_run_does(tmp_path, tiny_model, one_thread):
+    from tests.conftest import write_jpeg
+
+    src = write_jpeg(tmp_path / "s/IMG_0007.jpg", 16, 16)
+    (tmp_path / "s/IMG_0007.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4" xmp:Label="Red"/>'
+        "</rdf:RDF></x:xmpmeta>")
+    settings = Settings(model=str(tiny_model), threads=1)
+    batch.enhance(inputs=[src.parent], output=tmp_path / "a", settings=settings)
+    batch.enhance(inputs=[src.parent], output=tmp_path / "b", settings=settings, pool=Inline)
+    for out in ("a", "b"):
+        xmp = images.read_photo(tmp_path / out / "IMG_0007.jpg").xmp or b""
+        assert b'Rating="4"' in xmp or b"<xmp:Rating>4<" in xmp, out
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
