@@ -86,7 +86,8 @@ def run_one(shoot: Path, out: Path, settings: Settings, pool=None, repeat: int =
     split = {k: sum(r.timings.get(k, 0.0) for r in done) for k in ("decode", "enhance", "encode")}
     return {"model": settings.model, "precision": settings.precision, "seconds": round(seconds, 3),
             "megapixels": round(mp, 3),
-            "mp_s": mp / seconds, "split_seconds": {k: round(v, 3) for k, v in split.items()}}
+            "mp_s": mp / seconds, "split_seconds": {k: round(v, 3) for k, v in split.items()},
+            "network_each": [r.timings.get("enhance") for r in done]}  # the first includes any compiling
 
 
 def psnr_between(a: Path, b: Path) -> float:
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
             sp = row["split_seconds"]
             print(f"{row['label']:30s} {row['mp_s']:.4g} input MP/s  {row['seconds']:.3g} s  "
                   f"(decode {sp['decode']:.3g} s, network {sp['enhance']:.3g} s, encode {sp['encode']:.3g} s)"
-                  + ("" if "jobs" not in row else f"  identical: {row['identical_to_first']}"), flush=True)
+                  + ("" if "jobs" not in row else f"  identical: {row['identical_to_first']}")
+                  + f"  network per photo: {', '.join(f'{t:.3g}' for t in row['network_each'])} s", flush=True)
         base = rows[0]
         ratios = {r["label"]: r["mp_s"] / base["mp_s"] for r in rows[1:]}
         for name, ratio in ratios.items():
