@@ -788,7 +788,7 @@ def train_look(
     pair_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
                                                  help="Share of each batch from real pairs.")] = 0.5,
     clean_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
-                                                  help="Share of synthetic samples left undamaged.")] = 0.3,
+                                                  help="Share of synthetic samples left undamaged.")] = 0.7,
     exclude: Annotated[Optional[list[str]], typer.Option(metavar="NAME", rich_help_panel=ADVANCED,
                                                          help="A pair never trained on (k-fold); repeatable.")] = None,
     seed: Annotated[int, typer.Option(metavar="N", rich_help_panel=ADVANCED, help="Random seed.")] = 0,

@@ -42,7 +42,7 @@ class LookConfig:
     side: int = 256  # photos are shrunk to this long side
     lr: float = 2e-3
     pair_fraction: float = 0.5  # share of a batch from real pairs
-    clean_fraction: float = 0.3  # share of synthetic samples left undamaged (chosen by 4-fold over FiveK)
+    clean_fraction: float = 0.7  # share of synthetic samples left undamaged (chosen by 4-fold over FiveK)
     seed: int = 0
 
 
