@@ -24,10 +24,12 @@ itself (same outputs within float32 rounding). What it does, each kept because t
 * bfloat16 (``precision="bfloat16"``, what ``--precision auto`` picks on a CPU with AVX512-BF16
   or AMX): the compiled graph is built from a bfloat16 copy of the network (its tiles go in and
   come out as float32), so oneDNN runs every convolution in bfloat16 and Inductor's fused loops
-  move half the bytes; an eager run (a small photo) autocasts instead. On this 2-core EPYC
-  (avx512_bf16) ``srpie-x2-fast``, one 192 px tile, compiled: 2.3x float32 compiled, at 54 dB
-  PSNR from float32 (benchmarks/RESULTS.md). Autocast around the float32 compiled graph gained
-  less (1.6x): its casts stay in the graph.
+  move half the bytes; an eager run (a small photo) autocasts instead. On the 2-core EPYC
+  (avx512_bf16) of benchmarks/RESULTS.md, ``srpie-x2-fast`` compiled: 1.9x float32 compiled
+  per photo through ``srpie enhance`` (3.8x on one 192 px tile alone), 54 dB PSNR from float32
+  on a tile, 46 dB between the two JPEG outputs. Autocast around the float32 compiled graph
+  gained less on ``srpie-x2-fast`` (1.8x a tile; 2.1x on ``srpie-x2``, measured once on a busy
+  machine); eager autocast 1.4x (``srpie-x2-fast``), channels-last no more.
 
 Not kept: channels-last for the eager model (slower on the CPU: the guided filter, cats and
 pixel shuffles run in NCHW kernels, so tensors are converted back and forth; Inductor picks
