@@ -366,6 +366,9 @@ def enhance(
         help="Output folder (default: beside the input, e.g. shoot_srpie/).")] = None,
     model: ModelOpt = None,
     strength: StrengthOpt = defaults.STRENGTH,
+    scale: Annotated[int, typer.Option(
+        min=1, max=2, metavar="1|2", help="2: upscale (the default); 1: apply the look alone, at the photo's own "
+        "size.")] = defaults.SCALE,
     fmt: Annotated[Optional[OutFormat], typer.Option(
         "--format", help="Output format (default: as the input; RAW -> 16-bit TIFF, HEIC and AVIF -> JPEG).")] = None,
     quality: QualityOpt = defaults.QUALITY,
@@ -419,7 +422,7 @@ def enhance(
                 suffix=suffix, include=tuple(include or ()), exclude=tuple(exclude or ()), min_rating=min_rating,
                 raw_jpeg=raw_jpeg.value, overwrite=overwrite, max_megapixels=max_megapixels, device=device,
                 tile=tile, overlap=overlap, tta=tta, half=half, threads=threads, compile=compile.value,
-                precision=precision.value)
+                precision=precision.value, scale=scale)
     # given on the command line: these win over a job file (by name: Typer may bundle its own click)
     given = {name for name in opts
              if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
@@ -441,7 +444,7 @@ def _enhance(paths, opts: dict, given: set[str], *, config, report, retry_failed
             opts = jobfile.merged(job, opts, given)
         settings = Settings(**{k: opts[k] for k in ("model", "device", "tile", "overlap", "tta", "half", "quality",
                                                     "max_megapixels", "threads", "compile", "strength",
-                                                    "precision")})
+                                                    "precision", "scale")})
         select = Selection(opts["include"], opts["exclude"], opts["suffix"], opts["min_rating"])
         if found is not None and job.folders:
             rule_for = jobfile.rules(job, opts, given, settings, select)

@@ -87,6 +87,7 @@ def _globs(v):
 KEYS: dict[str, tuple[str, Callable]] = {
     "model": ("model", _text),
     "strength": ("strength", _number(0.0, 2.0)),
+    "scale": ("scale", _number(1, 2, int)),
     "format": ("fmt", _choice("jpeg", "png", "tiff", "webp")),
     "quality": ("quality", _number(1, 100, int)),
     "suffix": ("suffix", _suffix),

@@ -93,3 +93,33 @@ def test_strength_scales_the_look_towards_the_identity(strength):
     scaled = model.global_look.coefficients(thumb)
     ident = identity_polynomial()
     assert torch.allclose(scaled, ident + strength * (full - ident), atol=1e-6)
+
+
+def test_scale_1_applies_the_look_at_the_photos_size_with_its_metadata(tmp_path):
+    """--scale 1: the output is the input's size, keeps its EXIF, and has the look of the 2x
+    output (its mean colour within 1 level of the 2x output downscaled)."""
+    import piexif
+
+    from srpie_cli import batch, images
+    from srpie_cli.inference import Settings
+    from srpie_cli.weights import save_weights
+    from tests.conftest import write_jpeg
+
+    look = GlobalLook()
+    torch.nn.init.normal_(look.head[-1].weight, std=0.05)
+    torch.nn.init.normal_(look.head[-1].bias, std=0.02)
+    model = attach(DeepSRPIE(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    save_weights(tmp_path / "look.pt", model, {"scores": {}})
+    write_jpeg(tmp_path / "s/a.jpg", 48, 64)
+    one = Settings(model=str(tmp_path / "look.pt"), device="cpu", scale=1)
+    two = Settings(model=str(tmp_path / "look.pt"), device="cpu", scale=2)
+    assert batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o1", settings=one).exit_code == 0
+    assert batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o2", settings=two).exit_code == 0
+    small, big = images.read_photo(tmp_path / "o1/a.jpg"), images.read_photo(tmp_path / "o2/a.jpg")
+    assert small.size == (64, 48) and big.size == (128, 96)
+    assert small.exif["0th"][piexif.ImageIFD.Make] == b"Canon"
+    assert small.exif["Exif"][piexif.ExifIFD.PixelXDimension] == 64
+    down = np.asarray(Image.fromarray(big.pixels).resize((64, 48), Image.Resampling.LANCZOS), dtype=np.float64)
+    inp = images.read_photo(tmp_path / "s/a.jpg").pixels.astype(np.float64)
+    assert np.abs(small.pixels.reshape(-1, 3).mean(0) - down.reshape(-1, 3).mean(0)).max() < 1.0
+    assert np.abs(small.pixels.reshape(-1, 3).mean(0) - inp.reshape(-1, 3).mean(0)).max() > 1.0  # the look acted
