@@ -25,6 +25,9 @@ from srpie_cli import SrpieError, defaults, first_line, images
 # torch.compile (a CPU run of defaults.COMPILE_MIN_MP or more) saves about a third of the time
 # per megapixel and costs tens of seconds once (benchmarks/RESULTS.md); the calibration runs eager
 COMPILED_SHARE = 0.67
+# a compiled bfloat16 copy against eager bfloat16 autocast, one 192 px tile of srpie-x2-fast on
+# a 2-core AVX512-BF16 CPU: 0.182 s against 1.36 s (accel.py; a busy machine, one measurement)
+COMPILED_SHARE_BF16 = 0.134
 COMPILE_SECONDS = 30.0
 SMALL = 40  # side of the small calibration image, input pixels
 CALIBRATION_SECONDS = 4.0  # a timing is repeated (best of three) while the repeats cost less than half this
@@ -40,6 +43,7 @@ class Cost:
     b: float
     load: float = 0.0
     batch: int = 1
+    compiled_share: float = COMPILED_SHARE  # a compiled run's time over the eager one timed
 
 
 def cache_dir() -> Path:
@@ -143,7 +147,9 @@ def calibrate(enhancer, load_seconds: float = 0.0) -> Cost:
 
     from srpie_cli.tiling import TileOptions, upscale
 
-    model = enhancer.model.model if getattr(enhancer.model, "compiled", False) else enhancer.model
+    prepared = enhancer.model  # eager, with the precision the run uses (bfloat16 autocast where it does)
+    model = prepared.eager() if hasattr(prepared, "eager") else prepared
+    share = COMPILED_SHARE_BF16 if getattr(prepared, "bf16", False) else COMPILED_SHARE
     s = enhancer.settings
     tile = s.tile or 0
     big = tile - 2 * s.overlap if tile > 2 * s.overlap + 2 * SMALL else 256
@@ -172,7 +178,7 @@ def calibrate(enhancer, load_seconds: float = 0.0) -> Cost:
     b = (c1 * t2 - c2 * t1) / det if det else t2 / p2
     if a < 0 or b <= 0:  # timing noise on a busy machine: all of it per pixel
         a, b = 0.0, t2 / p2
-    return Cost(a, b, load_seconds, 1 if enhancer.device.type == "cpu" else opts.tile_batch)
+    return Cost(a, b, load_seconds, 1 if enhancer.device.type == "cpu" else opts.tile_batch, share)
 
 
 def seconds(cost: Cost, sizes, settings, tile: int, compiled: bool) -> float:
@@ -183,7 +189,7 @@ def seconds(cost: Cost, sizes, settings, tile: int, compiled: bool) -> float:
         total += cost.a * calls + cost.b * pixels
     total *= 4 if settings.tta else 1
     if compiled:
-        total = total * COMPILED_SHARE + COMPILE_SECONDS
+        total = total * cost.compiled_share + COMPILE_SECONDS
     return total + cost.load
 
 
