@@ -233,7 +233,7 @@ class Processes:
                     out.append((task, w[1].recv()))
                     w[2] = None
                     continue
-                except EOFError:
+                except (EOFError, OSError):  # killed: the pipe ends, or is reset mid-message
                     pass
             if w[0].sentinel in ready or not w[0].is_alive():
                 w[0].join()
