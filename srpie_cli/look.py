@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from srpie_cli.data import find_pair_dirs, list_images, load_rgb, match_pairs, s
 from srpie_cli.degrade import contrast, exposure, haze, saturation, white_balance
 from srpie_cli.images import to_float
 from srpie_cli.model import DeepSRPIE, GlobalLook, context_thumbnail
+from srpie_cli.tiling import to_pixels, to_tensor
 
 
 @dataclass
@@ -69,7 +70,8 @@ def load_pairs(folders: list[Path], side: int, exclude: set[str] = frozenset(), 
 
 
 def thumb(img: np.ndarray) -> torch.Tensor:
-    return context_thumbnail(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None])[0]
+    """The look's view of a whole H x W x 3 float image: its 3 x 64 x 64 thumbnail."""
+    return context_thumbnail(to_tensor(np.ascontiguousarray(img, dtype=np.float32)))[0]
 
 
 def _crop(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,14 +156,12 @@ def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: Global
 
 @torch.no_grad()
 def apply_look(look: GlobalLook, img: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
-    return look(x, thumb(img)[None])[0].permute(1, 2, 0).numpy()
+    x = to_tensor(np.ascontiguousarray(img, dtype=np.float32))
+    return to_pixels(look(x, context_thumbnail(x)))
 
 
-def attach(upscaler: DeepSRPIE, look: GlobalLook, meta: dict | None = None) -> DeepSRPIE:
+def attach(upscaler: DeepSRPIE, look: GlobalLook) -> DeepSRPIE:
     """``upscaler`` with ``look`` in front: a joint model whose strength 0 is the upscaler."""
-    from dataclasses import replace
-
     model = DeepSRPIE(replace(upscaler.cfg, global_look=True))
     state = upscaler.state_dict()
     state.update({"global_look." + k: v for k, v in look.state_dict().items()})

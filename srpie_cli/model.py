@@ -600,11 +600,12 @@ def graft_look(upscaler: DeepSRPIE, look: DeepSRPIE) -> DeepSRPIE:
 
 
 def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
-    """The look applied at ``strength``: PENet's per-pixel transform A becomes
-    I + strength (A - I), so 0 leaves colour and tone to the upscaler alone, 1 is the look as
-    trained, and values between scale the correction (above 1 exaggerates it). A is linear in
-    PENet's last 1x1 conv, so the scaling is folded into that conv's weights: no cost at
-    inference. Changes ``model`` in place and returns it."""
+    """The look applied at ``strength``: a global look's colour mapping M becomes
+    I + strength (M - I), and where PENet is a look (not part of the upscaler) its per-pixel
+    transform A likewise, so 0 leaves colour and tone to the upscaler alone, 1 is the look as
+    trained, and values between scale the correction (above 1 exaggerates it). Both are linear
+    in their last layer, so the scaling is folded into its weights: no cost at inference.
+    Changes ``model`` in place and returns it."""
     if not 0 <= strength <= 2:
         raise ValueError(f"strength {strength} outside 0..2")
     if strength == 1:

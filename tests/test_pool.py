@@ -132,6 +132,17 @@ def test_a_full_disk_stops_the_pool(tmp_path, tiny_model, shoot, monkeypatch, on
                                                             for r in reasons[1:])
 
 
+
+class KillOne(batch.Listener):
+    """SIGKILLs the worker of the first photo done: the pool must replace it."""
+
+    killed = None
+
+    def file_done(self, result):
+        if result.status == "done" and self.killed is None:
+            self.killed = result.worker["pid"]
+            os.kill(self.killed, signal.SIGKILL)
+
 @pytest.mark.slow
 def test_jobs_2_in_worker_processes(tmp_path, tiny_model, shoot):
     """Two spawned workers: the local run's outputs and statuses, both workers named in the
@@ -147,14 +158,6 @@ def test_jobs_2_in_worker_processes(tmp_path, tiny_model, shoot):
     doc = json.loads((tmp_path / "run.json").read_text())
     assert len({f["worker"]["pid"] for f in doc["files"] if f["status"] == "done"}) == 2
     assert not multiprocessing.active_children()
-
-    class KillOne(batch.Listener):  # SIGKILL the worker of the first photo done: a new one takes over
-        killed = None
-
-        def file_done(self, result):
-            if result.status == "done" and self.killed is None:
-                self.killed = result.worker["pid"]
-                os.kill(self.killed, signal.SIGKILL)
 
     killer = KillOne()
     survived = batch.enhance(inputs=[shoot], output=tmp_path / "k", settings=settings, pool=jobs2, listener=killer)

@@ -5,8 +5,6 @@ instance of two one-CPU actors. Skipped where Ray is not installed (``pip instal
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from srpie_cli import batch, images
 from srpie_cli.inference import Settings
 from tests.conftest import digest, write_jpeg
-from tests.test_pool import add_pairs, table
+from tests.test_pool import KillOne, add_pairs, table
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -61,14 +59,6 @@ def test_an_actor_killed_mid_run_costs_nothing(local_ray, tmp_path, tiny_model):
     for i in range(10):
         write_jpeg(tmp_path / "s" / f"IMG_{i:04d}.jpg", 48, 64, seed=i)
     settings = Settings(model=str(tiny_model), threads=1)
-
-    class KillOne(batch.Listener):
-        killed = None
-
-        def file_done(self, result):
-            if result.status == "done" and self.killed is None:
-                self.killed = result.worker["pid"]
-                os.kill(self.killed, signal.SIGKILL)
 
     killer = KillOne()
     out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=settings, pool=two_actors(),

@@ -3,7 +3,6 @@ their presets, functions a reader can hold, and help a photographer can read at 
 
 import ast
 import inspect
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,4 +144,3 @@ def test_torch_floor_is_true():
 
     assert issubclass(tiling.OUT_OF_MEMORY, BaseException)
     assert "torch>=2.1" in (PACKAGE.parent / "pyproject.toml").read_text()
-    assert os.environ.get("PYTEST_CURRENT_TEST")  # running under pytest, not imported by hand
