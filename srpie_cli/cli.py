@@ -178,8 +178,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", rich_help_panel=ADVANCED)]
 TileOpt = Annotated[Optional[int], typer.Option(
     min=0, metavar="N", rich_help_panel=ADVANCED,
-    help=f"Tile side in input pixels (0: whole image at once; default: {defaults.CPU_TILE} on a CPU, "
-    f"{defaults.CUDA_TILE} on CUDA).")]
+    help=f"Tile side in input pixels (0: whole image at once; default on a CPU: {defaults.CPU_TILE}, "
+    f"{defaults.CPU_TILE_BF16} in bfloat16; {defaults.CUDA_TILE} on CUDA).")]
 CompileOpt = Annotated[Compile, typer.Option(
     rich_help_panel=ADVANCED,
     help=f"torch.compile the network: auto (on a CPU for runs of {defaults.COMPILE_MIN_MP:g} MP or more), on, off.")]

@@ -23,6 +23,10 @@ DEVICE = "auto"  # CUDA when present, else the CPU
 # (9 MB; a 384 px tile's is 38 MB) and runs 1.8x faster per pixel, eager (benchmarks/RESULTS.md);
 # on CUDA larger tiles fill the device.
 CPU_TILE = 192
+# In bfloat16 a feature map is half the bytes, so larger tiles still fit the cache and lose
+# less to their overlap: compiled, srpie-x2-fast on a 6 MP photo ran 1.17x faster in 320 px
+# tiles than in 192 px (384 px: 1.06x; benchmarks/RESULTS.md)
+CPU_TILE_BF16 = 320
 CUDA_TILE = 384
 OVERLAP = 24  # input pixels shared by neighbouring tiles (the blending ramp)
 TILE_BATCH = 4  # tiles per forward pass (CUDA; the CPU runs them one at a time)

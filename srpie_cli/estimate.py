@@ -203,11 +203,11 @@ def cost_for(settings, megapixels: float, warn=lambda m: None) -> tuple[Cost, bo
 
     device = pick_device(settings.device)
     threads = settings.threads or torch.get_num_threads()
-    tile = settings.tile if settings.tile is not None else default_tile(device)
+    precision = pick_precision(settings, device, lambda m: None)
+    tile = settings.tile if settings.tile is not None else default_tile(device, precision)
     compiled = {"on": True, "off": False}.get(settings.compile, device.type == "cpu"
                                                 and megapixels >= defaults.COMPILE_MIN_MP)
     # keyed as a run keys it: the tile and the precision resolved as ``inference.load`` does
-    precision = pick_precision(settings, device, lambda m: None)
     key = cache_key(replace(settings, tile=tile, half=precision == "float16", precision=precision), str(device), threads)
     if (cost := cached(key)) is not None:
         return cost, compiled, tile, "calibration cached"

@@ -26,7 +26,7 @@ class Settings:
 
     model: str | None = None
     device: str = defaults.DEVICE
-    tile: int | None = None  # None: defaults.CPU_TILE on a CPU, defaults.CUDA_TILE on CUDA
+    tile: int | None = None  # None: tiling.default_tile (by device and precision)
     compile: str = defaults.COMPILE  # torch.compile: "on", "off", or "auto"
     overlap: int = defaults.OVERLAP
     tta: bool = False
@@ -156,7 +156,7 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
     meta = {**meta, "precision": precision, "default_for": device.type
             if settings.model == default_model(device.type) else None}
     if settings.tile is None:
-        settings = replace(settings, tile=default_tile(device))
+        settings = replace(settings, tile=default_tile(device, precision))
     auto = device.type == "cpu" and megapixels >= defaults.COMPILE_MIN_MP
     want = {"on": True, "off": False}.get(settings.compile, auto)
     model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision == "bfloat16")

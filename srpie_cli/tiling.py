@@ -201,9 +201,12 @@ def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions()
                 on_retry(f"CUDA out of memory; retrying with {tile}px tiles")
 
 
-def default_tile(device: torch.device) -> int:
-    """The tile to use when the user names none: ``CPU_TILE`` on a CPU, else ``DEFAULT_TILE``."""
-    return CPU_TILE if device.type == "cpu" else DEFAULT_TILE
+def default_tile(device: torch.device, precision: str = "float32") -> int:
+    """The tile to use when the user names none: on a CPU ``CPU_TILE`` (``CPU_TILE_BF16`` in
+    bfloat16), else ``DEFAULT_TILE``."""
+    if device.type != "cpu":
+        return DEFAULT_TILE
+    return defaults.CPU_TILE_BF16 if precision == "bfloat16" else CPU_TILE
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -8,7 +8,7 @@ import piexif
 import pytest
 from PIL import Image
 
-from srpie_cli import batch, images, inference
+from srpie_cli import batch, defaults, images, inference
 from srpie_cli.batch import UsageError
 from srpie_cli.inference import Settings
 from tests.conftest import write_dng, write_jpeg
@@ -213,8 +213,12 @@ def test_defaults_follow_the_tiling_module():
     params = inspect.signature(enhance).parameters
     assert (params["tile"].default, params["overlap"].default) == (None, tiling.DEFAULT_OVERLAP)
     said = []
-    enhancer = inference.load(Settings(device="cpu"), said.append)
+    enhancer = inference.load(Settings(device="cpu", precision="float32"), said.append)
     assert enhancer.settings.tile == tiling.default_tile(enhancer.device) == tiling.CPU_TILE
+    # bfloat16 halves the bytes of a feature map: larger tiles still fit the cache
+    enhancer = inference.load(Settings(device="cpu", precision="bfloat16"), said.append)
+    bf16 = enhancer.settings.precision == "bfloat16"  # float32 where the CPU lacks it
+    assert enhancer.settings.tile == (defaults.CPU_TILE_BF16 if bf16 else defaults.CPU_TILE)
 
 
 def test_compile_is_chosen_by_the_size_of_the_run(tmp_path, tiny_model):
