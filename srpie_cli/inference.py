@@ -37,6 +37,11 @@ class Settings:
     strength: float = defaults.STRENGTH  # how much of the model's look to apply (model.with_strength)
     scale: int = defaults.SCALE  # output size: the model's (2x), or 1: the look alone at the input's size
     precision: str = defaults.PRECISION  # "auto", "float32" or "bfloat16" (load resolves auto)
+    # tiles cut, blended and rounded to the output's bits on the network's device, the photo
+    # crossing the bus once each way (tiling.upload); None: on any device but the CPU (load
+    # resolves it); False: on the host, each batch of tiles copied over and back (the path before)
+    on_device: bool | None = None
+    io_threads: int = 0  # threads decoding and encoding beside the network (0: defaults.IO_THREADS by device)
 
     def __post_init__(self):
         if self.model is None:
@@ -137,8 +142,10 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
     """The model of ``settings`` ready for inference: threads set, the tile chosen for the
     device, the precision resolved (``pick_precision``: bfloat16 on a CPU that has it,
     ``--half`` dropped with a warning off CUDA), torch.compile on a CPU when the run is large
-    enough (``megapixels``), an untrained model announced through ``warn``. ``meta`` gains
-    ``precision`` and ``default_for`` (the device type when the model is its default)."""
+    enough (``megapixels``), an untrained model announced through ``warn``, and where the tiles
+    are blended (``on_device``) and how many threads decode and encode (``io_threads``) chosen
+    for the device. ``meta`` gains ``precision`` and ``default_for`` (the device type when the
+    model is its default)."""
     import torch  # imported here: planning and --help stay fast
 
     from srpie_cli.accel import prepare
@@ -157,6 +164,10 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
             if settings.model == default_model(device.type) else None}
     if settings.tile is None:
         settings = replace(settings, tile=default_tile(device, precision))
+    if settings.on_device is None:
+        settings = replace(settings, on_device=device.type != "cpu")
+    if not settings.io_threads:
+        settings = replace(settings, io_threads=defaults.IO_THREADS.get(device.type, defaults.IO_THREADS["cpu"]))
     auto = device.type == "cpu" and megapixels >= defaults.COMPILE_MIN_MP
     want = {"on": True, "off": False}.get(settings.compile, auto)
     model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision == "bfloat16")
@@ -172,11 +183,15 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     black-and-white photo (``images.is_monochrome``) comes back neutral grey: the output's
     luma (BT.601) in all three channels, so no model can tint it. SrpieError when the
     network's output is not finite (broken weights): no black photo is written.
-    ``on_tile(done, total)``: progress within the photo, in tiles (``tiling.upscale``)."""
+    ``on_tile(done, total)``: progress within the photo, in tiles (``tiling.upscale``).
+    ``settings.on_device`` (None: unless the network is on the CPU): the photo uploaded as it
+    is, worked on and rounded to its bits on the network's device, and downloaded once
+    (``tiling.upload``, ``download``; on a CPU the same numbers as the host path); else
+    converted and rounded on the host."""
     import torch
 
     from srpie_cli.model import upsample_bicubic
-    from srpie_cli.tiling import TileOptions, to_pixels, to_tensor
+    from srpie_cli.tiling import TileOptions, download, to_pixels, to_tensor, upload
 
     # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit.
     # A photo that does not fill a tile both ways would be a shape of its own: it runs eager,
@@ -186,7 +201,12 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
         model, compiled = model.eager(), False
     opts = TileOptions(tile=settings.tile, overlap=settings.overlap, tta=settings.tta, half=settings.half,
                        fit=not compiled)
-    x = to_tensor(images.to_float(photo.pixels))
+    device = next(model.parameters()).device
+    on_device = device.type != "cpu" if settings.on_device is None else settings.on_device
+    if on_device:
+        x = upload(photo.pixels, device)
+    else:
+        x = to_tensor(images.to_float(photo.pixels))
     y = at_scale(model, x, settings.scale, opts, on_retry=on_retry, on_tile=on_tile)
     if not bool(torch.isfinite(y).all()):
         raise SrpieError("the network's output is not finite (NaN or infinity): the model's weights are broken")
@@ -195,7 +215,10 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
         r.mul_(0.299).add_(g, alpha=0.587).add_(b, alpha=0.114)
         g.copy_(r)
         b.copy_(r)
-    pixels = images.from_float(to_pixels(y), photo.bits, overwrite=True)  # y is ours
+    if on_device:
+        pixels = download(y, photo.bits)
+    else:
+        pixels = images.from_float(to_pixels(y), photo.bits, overwrite=True)  # y is ours
     del y, x
     alpha = None
     if photo.alpha is not None and settings.scale == 1:
@@ -231,7 +254,7 @@ def at_scale(model, x, scale: int, opts, **kw):
         m = look.coefficients(context_thumbnail(x).to(device))
         y = torch.empty_like(x)
         for r in range(0, x.shape[-2], 256):  # 13 terms a pixel: a band at a time, not the whole photo
-            y[..., r:r + 256, :] = look.map(x[..., r:r + 256, :].to(device), m).float().cpu()
+            y[..., r:r + 256, :] = look.map(x[..., r:r + 256, :].to(device), m).float().to(x.device)
     return y
 
 

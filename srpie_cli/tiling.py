@@ -6,6 +6,14 @@ is weighted by a window that ramps smoothly to ~0 at borders shared with a neigh
 ``sum(tile * w) / sum(w)`` joins them: no seams, no tone steps. The image is padded by
 reflection first, so the network's own zero padding never touches a real image edge.
 
+The work happens where the image is. On a GPU ``upload`` puts the photo there once (8 or
+16 bits, converted to float there) and everything else stays on the device: the reflection
+padding, cutting the tiles, the blend weights, the weighted sum and its normalisation, the
+clamp, and ``download``'s rounding to the output's bit depth; one array comes back. An
+image left on the host with the model on a GPU (the path before, kept for benchmarks and
+callers that hold host tensors) copies every batch of tiles over and its results back. On a
+CPU both are the same code.
+
 Pure functions from tensor to tensor; errors propagate (CUDA out-of-memory halves the tile
 and starts the image again, and says so through ``on_retry``).
 """
@@ -13,6 +21,7 @@ and starts the image again, and says so through ``on_retry``).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,6 +59,31 @@ def to_tensor(a) -> torch.Tensor:
 def to_pixels(y: torch.Tensor):
     """And back: 1 x 3 x H x W (CPU) -> H x W x 3 float32 numpy (a view: no copy)."""
     return y[0].permute(1, 2, 0).numpy()
+
+
+def upload(pixels, device: torch.device) -> torch.Tensor:
+    """H x W x 3 uint8 or uint16 pixels (numpy) -> 1 x 3 x H x W float32 in [0, 1] on
+    ``device``: the integers cross the bus (a quarter of the float bytes for 8-bit, pinned and
+    asynchronous on CUDA) and become float there, rounded as ``images.to_float`` rounds."""
+    top = {torch.uint8: 255.0, torch.uint16: 65535.0}
+    with warnings.catch_warnings():  # a decoded photo is read-only, and nothing here writes to it
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        a = torch.from_numpy(pixels)
+    if a.dtype not in top:
+        raise TypeError(f"upload takes uint8 or uint16 pixels, not {a.dtype}")
+    if device.type == "cuda":
+        a = a.pin_memory()
+    x = a.to(device, non_blocking=True).permute(2, 0, 1)[None]
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(top[a.dtype])  # planar, as to_tensor
+
+
+def download(y: torch.Tensor, bits: int):
+    """1 x 3 x H x W float on any device -> H x W x 3 uint8 or uint16 numpy (C order),
+    clamped to [0, 1] and rounded to nearest where ``y`` is, as ``images.from_float`` rounds:
+    a 24 MP photo's 2x output comes back as 288 MB of bytes, not 1.2 GB of floats. ``y`` is
+    overwritten."""
+    q = y[0].clamp_(0.0, 1.0).mul_(255.0 if bits == 8 else 65535.0).round_()
+    return q.to(torch.uint8 if bits == 8 else torch.uint16).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 FIT_ALIGN = 8  # fitted tiles stay multiples of 8 (PENet works at 1/8 and would pad otherwise)
@@ -121,23 +155,29 @@ def _clip(a: int, b: int, scale: int, margin: int, length: int) -> tuple[slice, 
 def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap: int,
               tile_batch: int = 4, half: bool = False, fit: bool = True,
               on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Apply ``model`` to ``x`` (1 x 3 x H x W, float32, on the CPU) tile by tile on the
-    model's device; returns 1 x 3 x sH x sW float32 on the CPU, unclamped. A network with a
-    global context gets the thumbnail of the whole of ``x`` with every tile.
+    """Apply ``model`` to ``x`` (1 x 3 x H x W, float32) tile by tile on the model's device;
+    returns 1 x 3 x sH x sW float32 where ``x`` is, unclamped. A network with a global
+    context gets the thumbnail of the whole of ``x`` with every tile.
 
-    Memory: besides the tiles in flight, only the reflection-padded input and the output
-    itself. Each tile adds its part inside the image straight into the output (the padding
+    Where ``x`` is, the work is (the module docstring): on the model's device nothing crosses
+    the bus; on the host with the model on a GPU each batch of tiles is copied over and back.
+    Memory where ``x`` is: the reflection-padded input and the output itself (a 24 MP photo
+    at 2x: 96 MP x 3 x 4 bytes = 1.2 GB, on a GPU as on the host), besides the tiles in
+    flight. Each tile adds its part inside the image straight into the output (the padding
     is never written), and the weights are separable (tile (i, j) is ``wy_i (x) wx_j``), so
     their sum is ``ny (x) nx``: two vectors instead of a full-size normaliser.
     ``on_tile(done, total)`` is told after every batch of tiles (progress within a photo)."""
     device = next(model.parameters()).device
+    home = x.device
     _, c, h, w = x.shape
     margin = min(overlap, h - 1, w - 1)  # the same in whole-image mode, so both agree at the edges
     xp = F.pad(x, (margin,) * 4, mode="reflect") if margin else x
     hp, wp = xp.shape[-2:]
     ys, xs = spans(hp, tile, overlap, fit), spans(wp, tile, overlap, fit)
     wys, wxs = _weights(ys, scale), _weights(xs, scale)
-    out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32)
+    ny, nx = _axis_norm(ys, wys, scale, margin, h).to(home), _axis_norm(xs, wxs, scale, margin, w).to(home)
+    wys, wxs = [r.to(home) for r in wys], [r.to(home) for r in wxs]  # vectors: made on the host, sent
+    out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32, device=home)
     # every window of an axis has the same length (spans aligns the last one to the end),
     # so all tiles share one shape and any run of them can go through the network together
     jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
@@ -147,10 +187,10 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
     for k in range(0, len(jobs), step):
         chunk = jobs[k:k + step]
         inp = torch.cat([xp[..., ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in chunk])
-        if device.type == "cuda":
-            inp = inp.pin_memory().to(device, non_blocking=True)
+        if inp.device != device:  # the image on the host, the model on a GPU: the path before
+            inp = inp.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else inp.to(device)
         with torch.inference_mode(), autocast:
-            res = (model(inp) if context is None else model(inp, context)).float().cpu()
+            res = (model(inp) if context is None else model(inp, context)).float().to(home)
         for t, (i, j) in zip(res, chunk):
             oy, ty = _clip(*ys[i], scale, margin, h)
             ox, tx = _clip(*xs[j], scale, margin, w)
@@ -158,7 +198,7 @@ def run_tiled(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap:
             out[0, :, oy, ox].addcmul_(t[:, ty, tx], wt)
         if on_tile is not None:
             on_tile(k + len(chunk), len(jobs))
-    out.div_(_axis_norm(ys, wys, scale, margin, h)[:, None]).div_(_axis_norm(xs, wxs, scale, margin, w))
+    out.div_(ny[:, None]).div_(nx)
     return out
 
 
@@ -168,37 +208,45 @@ FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
 def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions(),
             on_retry: Callable[[str], None] | None = None,
             on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Enhance and upscale one image: 1 x 3 x H x W in [0, 1] (CPU) -> 1 x 3 x sH x sW in
-    [0, 1] (CPU). Self-ensemble averages the four flips when ``opts.tta``. ``on_tile(done,
-    total)``: progress in tiles, the four flips counted as one run."""
-    scale = model.scale
+    """Enhance and upscale one image: 1 x 3 x H x W in [0, 1] -> 1 x 3 x sH x sW in [0, 1],
+    where ``x`` is: on the host (the CPU, or a GPU's tiles copied over and back), or on the
+    model's device (``upload``: everything stays there). Self-ensemble averages the four flips
+    when ``opts.tta`` (a second output-sized buffer). ``on_tile(done, total)``: progress in
+    tiles, the four flips counted as one run."""
     device = next(model.parameters()).device
     tile = opts.tile
     while True:
         try:
-            acc = None
-            flips = FLIPS if opts.tta else FLIPS[:1]
-            for f, dims in enumerate(flips):
-                xi = x.flip(dims) if dims else x
-                told = None if on_tile is None else \
-                    (lambda done, n, f=f, k=len(flips): on_tile(f * n + done, k * n))
-                y = run_tiled(model, xi, scale, tile, opts.overlap, opts.tile_batch, opts.half, opts.fit, told)
-                y = y.flip(dims) if dims else y
-                acc = y if acc is None else acc.add_(y)
-                del y  # a 24 MP output is 1.2 GB: never hold two besides the sum
-            if opts.tta:
-                acc.div_(len(FLIPS))
-            return acc.clamp_(0, 1)
+            return _ensemble(model, x, tile, opts, on_tile).clamp_(0, 1)
         except OUT_OF_MEMORY:
             if device.type != "cuda":
                 raise
-            torch.cuda.empty_cache()
-            size = tile or max(x.shape[-2:])
-            if size // 2 < MIN_TILE:
-                raise SrpieError(f"out of GPU memory even with {size}px tiles") from None
-            tile = size // 2
-            if on_retry:
-                on_retry(f"CUDA out of memory; retrying with {tile}px tiles")
+        # out of the except block: its traceback held the failed attempt's buffers
+        torch.cuda.empty_cache()
+        size = tile or max(x.shape[-2:])
+        if size // 2 < MIN_TILE:
+            raise SrpieError(f"out of GPU memory even with {size}px tiles")
+        tile = size // 2
+        if on_retry:
+            on_retry(f"CUDA out of memory; retrying with {tile}px tiles")
+
+
+def _ensemble(model: nn.Module, x: torch.Tensor, tile: int, opts: TileOptions,
+              on_tile: Callable[[int, int], None] | None) -> torch.Tensor:
+    """``run_tiled`` of ``x``, or with ``opts.tta`` the mean of its four flips."""
+    acc = None
+    flips = FLIPS if opts.tta else FLIPS[:1]
+    for f, dims in enumerate(flips):
+        xi = x.flip(dims) if dims else x
+        told = None if on_tile is None else \
+            (lambda done, n, f=f, k=len(flips): on_tile(f * n + done, k * n))
+        y = run_tiled(model, xi, model.scale, tile, opts.overlap, opts.tile_batch, opts.half, opts.fit, told)
+        y = y.flip(dims) if dims else y
+        acc = y if acc is None else acc.add_(y)
+        del y  # a 24 MP output is 1.2 GB: never hold two besides the sum
+    if opts.tta:
+        acc.div_(len(FLIPS))
+    return acc
 
 
 def default_tile(device: torch.device, precision: str = "float32") -> int:
