@@ -49,7 +49,7 @@ from srpie_cli.inference import Settings, load
 
 LOCK_NAME = ".srpie.lock"
 PREFETCH = 2  # photos decoded ahead of the network
-WRITE_BACKLOG = 2  # outputs waiting to be encoded before the network waits for them
+WRITE_BACKLOG = 2  # outputs waiting to be encoded before the network waits for them (at least)
 
 
 class UsageError(SrpieError):
@@ -740,8 +740,12 @@ def _announce(jobs: Sequence[Job], enhancer, listener: Listener, loaded: float) 
 
 
 class _Runner:
-    """One run's pipeline: the next photos decode in a worker thread while the network works
-    on the current one, and the previous ones encode behind it."""
+    """One run's pipeline: the next photos decode in worker threads while the network works
+    on the current one, and the previous ones encode behind it, in ``settings.io_threads``
+    threads (``defaults.IO_THREADS``). With more threads than ``PREFETCH`` + ``WRITE_BACKLOG``
+    + 1, more outputs may wait to be encoded, but never so many that a decode waits behind
+    them: the network is the one to wait. Whatever the threads, results are settled in the
+    order of the jobs."""
 
     def __init__(self, enhancer, listener: Listener, results: list[FileResult], failed_decoding: set[str],
                  record: dict | None = None):
@@ -752,7 +756,9 @@ class _Runner:
         self.writing: deque[tuple[FileResult, Job, Future]] = deque()
         self.prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
         self.stop: str | None = None
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="srpie-io")
+        threads = self.settings.io_threads or defaults.IO_THREADS["cpu"]
+        self.backlog = max(WRITE_BACKLOG, threads - PREFETCH - 1)  # outputs in memory: backlog + 1
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="srpie-io")
 
     def settle(self, res: FileResult) -> None:
         self.results.append(res)
@@ -800,7 +806,7 @@ class _Runner:
                     break
                 job, fut = self.decoding.popleft()
                 self.enhance(job, *fut.result())
-                while self.writing and (self.writing[0][2].done() or len(self.writing) > WRITE_BACKLOG):
+                while self.writing and (self.writing[0][2].done() or len(self.writing) > self.backlog):
                     self.finish_write(self.writing.popleft())
                 if self.stop:
                     break

@@ -37,6 +37,23 @@ COMPILE_MIN_MP = 8.0
 # Arithmetic precision: auto (bfloat16 on a CPU with AVX512-BF16 or AMX: 2.3x float32 compiled
 # at 54 dB PSNR from it; float16 on CUDA with --half), float32 or bfloat16
 PRECISION = "auto"
+# Threads that decode the next photos and encode finished ones while the network works
+# (Pillow's codecs release the GIL; batch.py: two photos decode ahead, and with more threads
+# more outputs encode at once). On a CPU the network takes every core: two. On CUDA the cores
+# are free, and a 2x output has four times the input's pixels to encode, so several encode at
+# once, each holding its 8-bit output (288 MB for a 24 MP photo). Chosen, not yet measured on a
+# GPU (benchmarks/RESULTS.md).
+IO_THREADS = {"cpu": 2, "cuda": 6}
+
+# ----------------------------------------------------------------------------- the look's training
+# (srpie train-look, look.LookConfig; chosen by k-fold: weights/README.md)
+
+LOOK_STEPS = 1500
+LOOK_PAIR_FRACTION = 0.5  # share of a batch from real pairs
+LOOK_CLEAN_FRACTION = 0.7  # share of synthetic samples left undamaged: a photo that needs nothing stays
+LOOK_CAST = 0.25  # strongest synthetic colour cast: log of the red/blue gain
+LOOK_DARK = 0.0  # share of damaged samples made dark, noisy frames
+LOOK_TONE = False  # the look also sets exposure and noise reduction
 
 # ----------------------------------------------------------------------------- the models
 
