@@ -696,7 +696,7 @@ def train(
     val: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, metavar="DIR", rich_help_panel=DATA,
                                                 help="HR folder scored with the SR protocol.")] = None,
     pair_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=DATA,
-                                                 help="Share of each batch from real pairs.")] = 0.5,
+                                                 help="Share of each batch from real pairs.")] = defaults.LOOK_PAIR_FRACTION,
     clean_fraction: Annotated[float, typer.Option(
         min=0, max=1, metavar="F", rich_help_panel=DATA,
         help="Share of synthetic pairs left undamaged (good photos stay as they are).")] = 0.3,
@@ -778,22 +778,34 @@ def train(
 @app.command("train-look")
 def train_look(
     out_path: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.pt", help="Weights file to write.")],
-    init: Annotated[str, typer.Option(metavar="NAME|FILE", help="The upscaler to put the look in front of.")
+    init: Annotated[str, typer.Option(metavar="NAME|FILE", help="The upscaler to put the look in front of "
+                                      "(a model with a look: the look is kept, its tone stage trained).")
                     ] = "srpie-x2-sr",
     pairs: Annotated[Optional[list[Path]], typer.Option(
         exists=True, file_okay=False, metavar="DIR", help="Real pairs: before/ and after/ subfolders; repeatable.")] = None,
     photos: Annotated[Optional[list[Path]], typer.Option(
         exists=True, file_okay=False, metavar="DIR", help="Good photos, damaged into synthetic pairs; repeatable.")] = None,
+    tone_pairs: Annotated[Optional[list[Path]], typer.Option(
+        exists=True, file_okay=False, metavar="DIR",
+        help="Dark frames and their good versions (before/ and after/): a tone stage (exposure, noise "
+        "reduction) is trained after the look; repeatable.")] = None,
     holdout: Annotated[int, typer.Option(min=0, metavar="N", help="Pairs per folder held out and scored.")] = 3,
-    steps: Annotated[int, typer.Option(min=1, metavar="N", help="Optimiser steps.")] = 1500,
+    steps: Annotated[int, typer.Option(min=1, metavar="N", help="Optimiser steps.")] = defaults.LOOK_STEPS,
     val: Annotated[Optional[list[Path]], typer.Option(exists=True, file_okay=False, metavar="DIR",
                                                       help="HR folders scored with the SR protocol.")] = None,
     pair_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
-                                                 help="Share of each batch from real pairs.")] = 0.5,
+                                                 help="Share of each batch from real pairs.")] = defaults.LOOK_PAIR_FRACTION,
     clean_fraction: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
-                                                  help="Share of synthetic samples left undamaged.")] = 0.7,
+                                                  help="Share of synthetic samples left undamaged.")] = defaults.LOOK_CLEAN_FRACTION,
     exclude: Annotated[Optional[list[str]], typer.Option(metavar="NAME", rich_help_panel=ADVANCED,
                                                          help="A pair never trained on (k-fold); repeatable.")] = None,
+    tone_steps: Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=ADVANCED,
+                                            help="Steps of the tone stage.")] = defaults.LOOK_TONE_STEPS,
+    dark: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
+                                        help="Share of the tone stage's photos made dark, noisy frames.")
+                    ] = defaults.LOOK_DARK,
+    cast: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
+                                        help="Strongest synthetic colour cast (log gain).")] = defaults.LOOK_CAST,
     seed: Annotated[int, typer.Option(metavar="N", rich_help_panel=ADVANCED, help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED, help="CPU threads (0: all).")] = 0,
 ):
@@ -806,12 +818,13 @@ def train_look(
 
     from srpie_cli.look import LookConfig, make_model
 
-    if not pairs and not photos:
-        raise fail("nothing to train the look on: give --pairs and/or --photos folders")
+    if not pairs and not photos and not tone_pairs:
+        raise fail("nothing to train the look on: give --pairs, --photos and/or --tone-pairs folders")
     if threads:
         torch.set_num_threads(threads)
     cfg = LookConfig(photos=photos or [], pairs=pairs or [], holdout=holdout, exclude=exclude or [], steps=steps,
-                     pair_fraction=pair_fraction, clean_fraction=clean_fraction, seed=seed)
+                     pair_fraction=pair_fraction, clean_fraction=clean_fraction, tone_pairs=tone_pairs or [],
+                     tone_steps=tone_steps, dark=dark, cast=cast, seed=seed)
     command = "srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         meta = make_model(cfg, init, out_path, command, val or [], log=lambda m: err.print(m, highlight=False))

@@ -52,8 +52,8 @@ LOOK_STEPS = 1500
 LOOK_PAIR_FRACTION = 0.5  # share of a batch from real pairs
 LOOK_CLEAN_FRACTION = 0.7  # share of synthetic samples left undamaged: a photo that needs nothing stays
 LOOK_CAST = 0.25  # strongest synthetic colour cast: log of the red/blue gain
-LOOK_DARK = 0.0  # share of damaged samples made dark, noisy frames
-LOOK_TONE = False  # the look also sets exposure and noise reduction
+LOOK_TONE_STEPS = 800  # the tone stage's steps (exposure and noise reduction), after the look's
+LOOK_DARK = 0.3  # share of the tone stage's good photos made dark, noisy frames
 
 # ----------------------------------------------------------------------------- the models
 

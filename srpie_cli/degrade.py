@@ -90,6 +90,18 @@ def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nda
     return np.clip(img + rng.standard_normal(img.shape).astype(np.float32) * std.astype(np.float32), 0, 1)
 
 
+def dark_frame(img: np.ndarray, ev: float, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """A frame taken ``ev`` stops too dark (negative) in dim light: the exposure cut in linear
+    light, then sensor noise at that level: shot noise (variance proportional to the signal)
+    and read noise, ``noise`` the read noise's std in linear units, each channel its own,
+    slightly blurred as demosaicing leaves it (the colour blotches a dark frame shows once
+    brightened)."""
+    lin = srgb_to_linear(img) * np.float32(2.0**ev)
+    std = np.sqrt(lin * np.float32(noise * 4) + np.float32(noise * noise))
+    grain = gaussian_blur(rng.standard_normal(img.shape).astype(np.float32), 0.7) * np.float32(1.6)
+    return linear_to_srgb(np.clip(lin + grain * std, 0, 1))
+
+
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip at ``quality`` (4:2:0, as cameras and web exports)."""
     buf = io.BytesIO()

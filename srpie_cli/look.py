@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from srpie_cli import SrpieError, __version__
+from srpie_cli import SrpieError, __version__, defaults
 from srpie_cli.data import find_pair_dirs, list_images, load_rgb, match_pairs, shrink
-from srpie_cli.degrade import contrast, exposure, haze, saturation, white_balance
+from srpie_cli.degrade import contrast, dark_frame, exposure, haze, saturation, white_balance
 from srpie_cli.images import to_float
 from srpie_cli.model import DeepSRPIE, GlobalLook, context_thumbnail
 from srpie_cli.tiling import to_pixels, to_tensor
@@ -37,13 +37,17 @@ class LookConfig:
     pairs: list[Path] = field(default_factory=list)  # real pairs, before/ and after/
     holdout: int = 3  # the last N pairs of each folder (by name) are never trained on
     exclude: list[str] = field(default_factory=list)  # more pair names (stems) never trained on (k-fold)
-    steps: int = 1500
+    steps: int = defaults.LOOK_STEPS
     batch_size: int = 16
     crop: int = 128  # loss crop side; the look sees the thumbnail of the whole photo
     side: int = 256  # photos are shrunk to this long side
     lr: float = 2e-3
-    pair_fraction: float = 0.5  # share of a batch from real pairs
-    clean_fraction: float = 0.7  # share of synthetic samples left undamaged (chosen by 4-fold over FiveK)
+    pair_fraction: float = defaults.LOOK_PAIR_FRACTION  # share of a batch from real pairs
+    clean_fraction: float = defaults.LOOK_CLEAN_FRACTION  # share of synthetic samples left undamaged
+    cast: float = defaults.LOOK_CAST  # strongest synthetic colour cast: log of the red/blue gain
+    tone_pairs: list[Path] = field(default_factory=list)  # dark frames and their good versions: the tone stage
+    tone_steps: int = defaults.LOOK_TONE_STEPS  # the tone stage's steps, after the look's
+    dark: float = defaults.LOOK_DARK  # share of the tone stage's photos made dark, noisy frames (degrade.dark_frame)
     seed: int = 0
 
 
@@ -84,17 +88,19 @@ def _crop(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, size: int) -> 
     return a, b
 
 
-def retouch_damage(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+def retouch_damage(rng: np.random.Generator, cast: float = defaults.LOOK_CAST) -> Callable[[np.ndarray], np.ndarray]:
     """What a retoucher's pass undoes, drawn one-sided where the correction is one-sided:
-    exposure mostly too dark (-1.5 to +0.7 EV, in linear light), a warm/cool or green/magenta
-    cast (R and B gains up to 25%), washed-out colour (saturation 0.4 to 1, never more:
-    damage that over-saturates would teach the look to grey a colourful photo), flat contrast
-    (0.6 to 1) and lifted blacks (up to 12% veil). Each with some probability."""
+    exposure mostly too dark (-1.5 to +0.7 EV, in linear light), a colour cast (a warm/cool
+    shift of red against blue up to ``cast`` in log gain, and a green/magenta tint of half
+    that), washed-out colour (saturation 0.4 to 1, never more: damage that over-saturates
+    would teach the look to grey a colourful photo), flat contrast (0.6 to 1) and lifted
+    blacks (up to 12% veil). Each with some probability."""
     ops: list[Callable[[np.ndarray], np.ndarray]] = []
     if rng.random() < 0.8:
         ops.append(lambda im, ev=float(rng.uniform(-1.5, 0.7)): exposure(im, ev))
     if rng.random() < 0.6:
-        gains = (float(np.exp(rng.uniform(-0.25, 0.25))), 1.0, float(np.exp(rng.uniform(-0.25, 0.25))))
+        t, u = rng.uniform(-cast, cast), rng.uniform(-cast / 2, cast / 2)
+        gains = (float(np.exp(t)), float(np.exp(u)), float(np.exp(-t)))
         ops.append(lambda im, g=gains: white_balance(im, g))
     if rng.random() < 0.6:
         ops.append(lambda im, v=float(rng.uniform(0.4, 1.0)): saturation(im, v))
@@ -111,14 +117,17 @@ def retouch_damage(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarra
     return apply
 
 
-def sample(rng: np.random.Generator, photos: list[np.ndarray], pairs: list, cfg: LookConfig):
-    """One (input crop, thumbnail of the whole input, target crop)."""
+def sample(rng: np.random.Generator, photos: list[np.ndarray], pairs: list, cfg: LookConfig,
+           damage: Callable[[np.random.Generator], Callable[[np.ndarray], np.ndarray]]):
+    """One (input crop, thumbnail of the whole input, target crop): a real pair (a share
+    ``cfg.pair_fraction``, each folder as likely), else a good photo, left as it is (a share
+    ``cfg.clean_fraction``) or under ``damage(rng)``."""
     if pairs and (not photos or rng.random() < cfg.pair_fraction):
         group = pairs[rng.integers(len(pairs))]
         _, before, after = group[rng.integers(len(group))]
     else:
         after = photos[rng.integers(len(photos))]
-        before = after if rng.random() < cfg.clean_fraction else retouch_damage(rng)(after)
+        before = after if rng.random() < cfg.clean_fraction else damage(rng)(after)
     if rng.random() < 0.5:
         before, after = before[:, ::-1], after[:, ::-1]
     t = thumb(before.astype(np.float32))
@@ -126,32 +135,74 @@ def sample(rng: np.random.Generator, photos: list[np.ndarray], pairs: list, cfg:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), t, torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
 
-def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: GlobalLook | None = None) -> GlobalLook:
-    """Train a GlobalLook (from ``look`` or from the identity) and return it in eval mode."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    photos = [to_float(shrink(load_rgb(p), cfg.side)) for f in cfg.photos for p in list_images(f)]
-    pairs = load_pairs(cfg.pairs, cfg.side, set(cfg.exclude), cfg.holdout)
-    if not photos and not pairs:
-        raise SrpieError("nothing to train the look on: give photos and/or pairs")
-    look = look or GlobalLook()
+def fit(look: GlobalLook, params: list, steps: int, draw: Callable[[], tuple], lr: float, log: Callable[[str], None],
+        what: str) -> None:
+    """``steps`` of Adam (cosine-decayed ``lr``) on the L1 loss of ``look`` over batches from ``draw``."""
     look.train()
-    opt = torch.optim.Adam(look.parameters(), lr=cfg.lr)
-    for step in range(cfg.steps):
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    opt = torch.optim.Adam(params, lr=lr)
+    for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr
-        xs, ts, ys = zip(*(sample(rng, photos, pairs, cfg) for _ in range(cfg.batch_size)))
-        x = torch.stack(xs).permute(0, 3, 1, 2)
-        y = torch.stack(ys).permute(0, 3, 1, 2)
-        out = look(x, torch.stack(ts))
-        loss = F.l1_loss(out, y)
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        xs, ts, ys = draw()
+        loss = F.l1_loss(look(torch.stack(xs).permute(0, 3, 1, 2), torch.stack(ts)), torch.stack(ys).permute(0, 3, 1, 2))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 250 == 0:
-            log(f"look step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
+            log(f"{what} step {step + 1}/{steps} loss {loss.item():.4f}")
+    look.eval()
+
+
+def load_photos(folders: list[Path], side: int) -> list[np.ndarray]:
+    return [to_float(shrink(load_rgb(p), side)) for f in folders for p in list_images(f)]
+
+
+def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: GlobalLook | None = None) -> GlobalLook:
+    """Train a GlobalLook and return it in eval mode: its colour mapping from the identity
+    on ``cfg.pairs`` and ``cfg.photos`` (``retouch_damage``), unless ``look`` is given (kept
+    as it is); then, with ``cfg.tone_pairs``, its tone stage (``train_tone``)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    photos = load_photos(cfg.photos, cfg.side)
+    if look is None:
+        pairs = load_pairs(cfg.pairs, cfg.side, set(cfg.exclude), cfg.holdout)
+        if not photos and not pairs:
+            raise SrpieError("nothing to train the look on: give photos and/or pairs")
+        look = GlobalLook()
+        fit(look, list(look.parameters()), cfg.steps,
+            lambda: zip(*(sample(rng, photos, pairs, cfg, lambda r: retouch_damage(r, cfg.cast))
+                          for _ in range(cfg.batch_size))), cfg.lr, log, "look")
+    if cfg.tone_pairs:
+        look = train_tone(cfg, look, photos, rng, log)
     return look.eval()
+
+
+def train_tone(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], rng: np.random.Generator,
+               log: Callable[[str], None]) -> GlobalLook:
+    """``look`` with a tone stage trained in front of its colour mapping, which stays as it
+    was: on ``cfg.tone_pairs`` (dark frames and their good versions) and on the good photos,
+    left alone or (a share ``cfg.dark``) made dark, noisy frames. Trained apart, the two
+    cannot trade: the dark frames' large errors never pull the colour mapping away from the
+    pass it learnt on flat photos, and the stage learns to do nothing where nothing is dark."""
+    pairs = load_pairs(cfg.tone_pairs, cfg.side, set(cfg.exclude), cfg.holdout)
+    toned = GlobalLook(tone=True)
+    toned.load_state_dict(look.state_dict(), strict=False)  # the colour mapping; the tone head starts at 0
+    for p in toned.parameters():
+        p.requires_grad_(False)
+    params = list(toned.tone_head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    tone_cfg = replace(cfg, clean_fraction=1 - cfg.dark)
+
+    def dark(r: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+        ev, noise, seed = float(r.uniform(-6, -2)), float(np.exp(r.uniform(np.log(3e-4), np.log(3e-3)))), r.integers(1 << 31)
+        return lambda im: dark_frame(im, ev, noise, np.random.default_rng(seed))
+
+    fit(toned, params, cfg.tone_steps,
+        lambda: zip(*(sample(rng, photos, pairs, tone_cfg, dark) for _ in range(cfg.batch_size))), cfg.lr, log, "tone")
+    for p in toned.parameters():
+        p.requires_grad_(True)
+    return toned
 
 
 @torch.no_grad()
@@ -162,7 +213,7 @@ def apply_look(look: GlobalLook, img: np.ndarray) -> np.ndarray:
 
 def attach(upscaler: DeepSRPIE, look: GlobalLook) -> DeepSRPIE:
     """``upscaler`` with ``look`` in front: a joint model whose strength 0 is the upscaler."""
-    model = DeepSRPIE(replace(upscaler.cfg, global_look=True))
+    model = DeepSRPIE(replace(upscaler.cfg, global_look=True, look_tone=look.tone))
     state = upscaler.state_dict()
     state.update({"global_look." + k: v for k, v in look.state_dict().items()})
     model.load_state_dict(state)
@@ -183,7 +234,7 @@ def score(model: DeepSRPIE, cfg: LookConfig, sr_sets: list[Path]) -> dict:
     scores = {}
     for folder in sr_sets:
         scores[f"{folder.name} (Y)"] = mean_score(evaluate_sr(model, folder))
-    for folder in cfg.pairs:
+    for folder in cfg.pairs + cfg.tone_pairs:
         if cfg.holdout:
             _, held = PairSet.from_folders([folder], model.scale, cfg.holdout)
             scores[f"{folder.name} held-out (RGB)"] = mean_score(evaluate_pairs(model, held))
@@ -192,7 +243,8 @@ def score(model: DeepSRPIE, cfg: LookConfig, sr_sets: list[Path]) -> dict:
 
 def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: list[Path],
                log: Callable[[str], None] = print) -> dict:
-    """Train the look, put it in front of ``init``'s upscaler, score it and write ``out``."""
+    """Train the look, put it in front of ``init``'s upscaler, score it and write ``out``.
+    Where ``init`` has a look already, that look is kept and only its tone stage trained."""
     import time
 
     from srpie_cli.weights import load_model, save_weights
@@ -201,7 +253,10 @@ def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: lis
     if up_meta.get("untrained"):
         raise SrpieError(f"{init}: no trained weights to put the look in front of")
     t = time.time()
-    look = train_look(cfg, log)
+    kept = upscaler.global_look
+    if kept is not None and not cfg.tone_pairs:
+        raise SrpieError(f"{init} has a look already: give tone pairs to train its tone stage, or start from its upscaler")
+    look = train_look(cfg, log, look=kept)
     model = attach(upscaler, look)
     seconds = time.time() - t
     scores = score(model, cfg, sr_sets)

@@ -50,6 +50,7 @@ Readings of the ambiguous parts (see also docs/network.md):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -74,6 +75,7 @@ class SRPIEConfig:
     own_look_input: bool = False  # PENet reads its own shallow feature, not MBFNet's (see graft_look)
     look_width: int = 0  # with own_look_input, that feature's width (0: width): a look from another preset
     global_look: bool = False  # one colour mapping per photo, set from its thumbnail (GlobalLook)
+    look_tone: bool = False  # the global look also sets an exposure and noise reduction (GlobalLook's tone stage)
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -92,7 +94,7 @@ class SRPIEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pe_widths"] = list(self.pe_widths)
-        for key in ("look_width", "global_look"):
+        for key in ("look_width", "global_look", "look_tone"):
             if not d[key]:
                 del d[key]  # the usual case: a file that earlier srpie versions can read too
         return d
@@ -399,6 +401,46 @@ def identity_polynomial() -> torch.Tensor:
     return m
 
 
+TONE_TERMS = 3  # the tone stage's settings: exposure (EV), chroma and luma noise reduction
+GAMMA = 2.2  # the tone stage's approximation of sRGB's transfer curve
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (radius 3 sigma, reflected borders), channel by channel."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.transpose(2, 3), groups=x.shape[1])
+
+
+def tone(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The tone stage (N x 3 settings ``t``; all 0 is the identity): exposure in linear light
+    with a shoulder that keeps white white (``g x / (1 + (g - 1) x)``, g = 2^EV: slope g in the
+    shadows, 1 stays 1, nothing clips), then noise reduction scaled by how much the photo was
+    brightened: the chroma (the colour blotches of a dark frame) and the luma blended towards a
+    blurred copy by the clamped amounts t[1], t[2]. Local (a 7 px radius), so tiles still join."""
+    t = t.to(x.dtype)
+    g = torch.exp2(t[:, 0].clamp(-3, 6)).view(-1, 1, 1, 1)
+    lin = x.clamp(1e-6, 1) ** GAMMA
+    x = (g * lin / (1 + (g - 1) * lin)).clamp(1e-8, 1) ** (1 / GAMMA)  # 1e-8: 0.06 of an 8-bit level
+    luma = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    chroma = x - luma
+    a_c, a_y = t[:, 1].clamp(0, 1).view(-1, 1, 1, 1), t[:, 2].clamp(0, 1).view(-1, 1, 1, 1)
+    chroma = torch.lerp(chroma, blur(chroma, 2.0), a_c)
+    luma = torch.lerp(luma, blur(luma, 1.0), a_y)
+    return luma + chroma
+
+
+def level_stats(thumb: torch.Tensor) -> torch.Tensor:
+    """N x 4 brightness statistics of N thumbnails, in stops: log2 of the mean luma and of its
+    50th, 90th and 99th percentiles. A frame taken in near darkness differs from a dim one by
+    stops, which convolutions on the raw values barely see."""
+    luma = (thumb * thumb.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).flatten(1)
+    q = torch.quantile(luma.float(), luma.new_tensor([0.5, 0.9, 0.99], dtype=torch.float32), dim=1).T
+    return torch.log2(torch.cat([luma.float().mean(1, keepdim=True), q], dim=1) + 1e-3).to(thumb.dtype)
+
+
 class GlobalLook(nn.Module):
     """One colour mapping per photo, read from its thumbnail (not in the paper; the family of
     3D-LUT and curve enhancers): four stride-2 convs on the 64 x 64 thumbnail, mean- and
@@ -406,26 +448,48 @@ class GlobalLook(nn.Module):
     (``colour_polynomial``), applied to every pixel. Fitted to each photo's own target, that
     polynomial reproduces expert C's FiveK retouch to 38 dB (docs/network.md): a retoucher's
     look is mostly global. It starts as the identity (the last layer at zero), costs 39
-    multiply-adds a pixel, and gives every tile of a photo the same look."""
+    multiply-adds a pixel, and gives every tile of a photo the same look.
 
-    def __init__(self, width: int = 32):
+    With ``tone``, a second small head (the same features and ``level_stats``) sets a tone
+    stage applied before the polynomial (``tone``): an exposure that can lift a frame taken in
+    near darkness by several stops without clipping, and the noise reduction such a lift
+    needs. It is trained after the polynomial's head, which it leaves as it was
+    (``look.train_tone``); it too starts as the identity."""
+
+    def __init__(self, width: int = 32, tone: bool = False):
         super().__init__()
         self.body = nn.Sequential(conv(3, 16, 3, stride=2), nn.ReLU(), conv(16, width, 3, stride=2), nn.ReLU(),
                                   conv(width, 2 * width, 3, stride=2), nn.ReLU(),
                                   conv(2 * width, 2 * width, 3, stride=2), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.ReLU(), nn.Linear(2 * width, 3 * POLY_TERMS))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        self.tone_head = nn.Sequential(nn.Linear(4 * width + 4, width), nn.ReLU(),
+                                       nn.Linear(width, TONE_TERMS)) if tone else None
+        for last in (self.head[-1],) + ((self.tone_head[-1],) if tone else ()):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.register_buffer("identity", identity_polynomial(), persistent=False)
+
+    @property
+    def tone(self) -> bool:
+        return self.tone_head is not None
+
+    def settings(self, thumb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N x 3 x 13 polynomial coefficients, N x 3 tone settings or None) for N thumbnails."""
+        f = self.body(thumb)
+        f = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
+        poly = self.identity + self.head(f).view(-1, 3, POLY_TERMS)
+        t = self.tone_head(torch.cat([f, level_stats(thumb)], dim=1)) if self.tone else None
+        return poly, t
 
     def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:
         """N x 3 x 13 for N thumbnails (N x 3 x 64 x 64)."""
-        f = self.body(thumb)
-        delta = self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1))
-        return self.identity + delta.view(-1, 3, POLY_TERMS)
+        return self.settings(thumb)[0]
 
     def forward(self, x: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
-        return self.map(x, self.coefficients(thumb.to(x.dtype)))
+        poly, t = self.settings(thumb.to(x.dtype))
+        if t is not None:
+            x = tone(x, t.expand(x.shape[0], -1))
+        return self.map(x, poly)
 
     @staticmethod
     def map(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -511,7 +575,9 @@ class DeepSRPIE(nn.Module):
         self.penet = PENet(look_width, cfg.pe_widths)
         self.pe_h = conv(3, look_width, 3) if cfg.own_look_input else None  # PENet's own H(I)
         self.context = GlobalContext(cfg.pe_widths[2]) if cfg.global_context else None
-        self.global_look = GlobalLook() if cfg.global_look else None
+        if cfg.look_tone and not cfg.global_look:
+            raise ValueError("look_tone needs global_look")
+        self.global_look = GlobalLook(tone=cfg.look_tone) if cfg.global_look else None
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
         self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip,
@@ -612,9 +678,10 @@ def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
         return model
     with torch.no_grad():
         if model.global_look is not None:  # its coefficients are identity + the head's output
-            last = model.global_look.head[-1]
-            last.weight.mul_(strength)
-            last.bias.mul_(strength)
+            look = model.global_look
+            for last in (look.head[-1],) + ((look.tone_head[-1],) if look.tone else ()):
+                last.weight.mul_(strength)  # the tone head's settings are 0 at the identity
+                last.bias.mul_(strength)
         if model.global_look is None or model.cfg.own_look_input:  # PENet is a look, not the upscaler's
             last = model.penet.stage9
             ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)

@@ -123,3 +123,55 @@ def test_scale_1_applies_the_look_at_the_photos_size_with_its_metadata(tmp_path)
     inp = images.read_photo(tmp_path / "s/a.jpg").pixels.astype(np.float64)
     assert np.abs(small.pixels.reshape(-1, 3).mean(0) - down.reshape(-1, 3).mean(0)).max() < 1.0
     assert np.abs(small.pixels.reshape(-1, 3).mean(0) - inp.reshape(-1, 3).mean(0)).max() > 1.0  # the look acted
+
+
+def _toned(settings) -> torch.Tensor:
+    """A tone-stage look whose head always answers ``settings`` (EV, chroma NR, luma NR)."""
+    look = GlobalLook(tone=True)
+    with torch.no_grad():
+        look.tone_head[-1].bias[:] = torch.tensor(settings, dtype=torch.float32)
+    return look
+
+
+def test_the_tone_stage_starts_as_the_identity_lifts_shadows_and_keeps_white_white():
+    x = torch.rand(1, 3, 32, 40)
+    x[..., :4, :] = 1.0  # a blown white
+    assert torch.allclose(_toned([0, 0, 0])(x, torch.rand(1, 3, 64, 64)), x, atol=3e-4)
+    lifted = _toned([3, 0, 0])(x, torch.rand(1, 3, 64, 64))
+    assert torch.equal(lifted[..., :4, :], x[..., :4, :])  # white stays white and neutral
+    dark = x[..., 4:, :] < 0.2
+    assert (lifted[..., 4:, :][dark] > 1.5 * x[..., 4:, :][dark]).all()  # shadows lifted by far more than a stop's 2.2 root
+    assert (lifted <= 1).all() and (lifted >= 0).all()
+
+
+def test_the_tone_stages_noise_reduction_smooths_colour_blotches_but_not_a_clean_photo():
+    rng = torch.Generator().manual_seed(0)
+    grey = torch.full((1, 3, 48, 48), 0.4)
+    noisy = (grey + 0.05 * torch.randn(1, 3, 48, 48, generator=rng)).clamp(0, 1)
+    thumb = torch.rand(1, 3, 64, 64)
+    plain = _toned([0, 0, 0])(noisy, thumb)
+    smoothed = _toned([0, 1, 1])(noisy, thumb)
+    chroma = lambda y: (y - y.mean(1, keepdim=True)).std()  # noqa: E731
+    assert chroma(smoothed) < 0.5 * chroma(plain)
+    assert torch.allclose(_toned([0, 1, 1])(grey, thumb), grey, atol=1e-5)  # nothing to smooth: unchanged
+
+
+def test_a_tone_look_keeps_strength_and_tiles_and_its_config_round_trips():
+    from srpie_cli.tiling import TileOptions, upscale
+
+    look = _toned([2.0, 0.5, 0.3])
+    torch.nn.init.normal_(look.tone_head[-1].weight, std=0.02)
+    joint = attach(perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    assert joint.cfg.look_tone and SRPIEConfig.from_dict(joint.cfg.to_dict()) == joint.cfg
+    assert "look_tone" not in SRPIEConfig().to_dict()  # files without it stay readable by older versions
+    x = torch.rand(1, 3, 96, 80) * 0.2
+    whole = upscale(joint, x, TileOptions(tile=0))
+    tiled = upscale(joint, x, TileOptions(tile=48, overlap=16))
+    assert psnr(tiled[0].permute(1, 2, 0).numpy(), whole[0].permute(1, 2, 0).numpy()) > 40
+    with pytest.raises(ValueError, match="look_tone"):
+        DeepSRPIE(SRPIEConfig(look_tone=True))
+    thumb = torch.rand(1, 3, 64, 64)
+    _, full = joint.global_look.settings(thumb)
+    with_strength(joint, 0.5)
+    _, half = joint.global_look.settings(thumb)
+    assert torch.allclose(half, 0.5 * full, atol=1e-6)  # half the exposure and noise reduction

@@ -1,0 +1,152 @@
+"""Compare recipes for the global look by k-fold, never on the held-out photos.
+
+    python benchmarks/look_kfold.py --name base                       # today's recipe
+    python benchmarks/look_kfold.py --name tone --tone --cache looks/  # the tone stage on LOL after it
+    python benchmarks/look_kfold.py --name tone --tone --fold 0        # one fold (run folds in parallel)
+
+The FiveK pairs but the last three by name (the held-out photos ``benchmarks/look.py``
+reports) are cut into folds of three; each fold trains a look on the others and is scored on
+its own three. With ``--tone`` a tone stage is then trained on LOL's pairs (``look.train_tone``;
+``--cache`` keeps each fold's look, so recipes for the tone stage skip it). A fixed LOL
+validation set of 20 pairs spread over the set (never the held-out three) is never trained
+on and is scored each fold. Two checks on
+photos no look is trained on (bsd200, not a training folder): 20 photos that need nothing
+(PSNR of the look's output against the photo: high is good, it should change little) and 20
+others under a known colour cast (PSNR against the photo before the cast).
+
+Everything is scored at the look's own size (the training side, ``--side``), without the
+upscaler: a fold costs one short training run. Prints each fold and the mean and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(ROOT))
+
+from srpie_cli.data import find_pair_dirs, list_images, load_rgb, match_pairs, shrink  # noqa: E402
+from srpie_cli.degrade import white_balance  # noqa: E402
+from srpie_cli.images import to_float  # noqa: E402
+from srpie_cli.look import LookConfig, apply_look, train_look  # noqa: E402
+from srpie_cli.metrics import look_stats, psnr, ssim  # noqa: E402
+from srpie_cli.model import GlobalLook  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+PHOTOS = [DATA / "train" / f for f in ("photos", "kodak24", "mcmaster18", "sun_hays80")]
+FIVEK, LOL = DATA / "pairs" / "fivek15", DATA / "pairs" / "lol485"
+HELD_OUT = 3  # the last pairs of each folder by name: benchmarks/look.py's, never used here
+
+
+def usable_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    matched = match_pairs(*find_pair_dirs(folder))
+    return matched[:len(matched) - HELD_OUT]
+
+
+def lol_validation() -> list[tuple[Path, Path]]:
+    pairs = usable_pairs(LOL)
+    return pairs[::max(1, len(pairs) // 20)][:20]
+
+
+def load(pairs, side):
+    return [(b.stem, to_float(shrink(load_rgb(b), side)), to_float(shrink(load_rgb(a), side))) for b, a in pairs]
+
+
+def checks(side: int) -> tuple[list, list]:
+    """(photos that need nothing, (cast photo, original) pairs) from bsd200."""
+    photos = [to_float(shrink(load_rgb(p), side)) for p in list_images(DATA / "train" / "bsd200")[:40]]
+    rng = np.random.default_rng(1234)
+    cast = []
+    for img in photos[20:]:
+        t, u = rng.choice([-1, 1]) * rng.uniform(0.15, 0.45), rng.uniform(-0.1, 0.1)
+        cast.append((white_balance(img, (float(np.exp(t)), float(np.exp(u)), float(np.exp(-t)))), img))
+    return photos[:20], cast
+
+
+def score_fold(look, fivek, lol, clean, cast) -> dict:
+    out = {}
+    rows = [(psnr(apply_look(look, b), a), psnr(b, a), look_stats(apply_look(look, b))["chroma"] /
+             max(look_stats(a)["chroma"], 1e-6)) for _, b, a in fivek]
+    out["fivek"] = float(np.mean([r[0] for r in rows]))
+    out["fivek_gain"] = float(np.mean([r[0] - r[1] for r in rows]))
+    out["fivek_worst_gain"] = float(min(r[0] - r[1] for r in rows))
+    out["fivek_chroma"] = float(np.mean([r[2] for r in rows]))
+    if lol:
+        res = [(apply_look(look, b), a) for _, b, a in lol]
+        out["lol"] = float(np.mean([psnr(o, a) for o, a in res]))
+        out["lol_ssim"] = float(np.mean([ssim(o, a) for o, a in res]))
+    out["clean"] = float(np.mean([min(psnr(apply_look(look, p), p), 60.0) for p in clean]))
+    out["cast"] = float(np.mean([psnr(apply_look(look, c), o) for c, o in cast]))
+    out["cast_input"] = float(np.mean([psnr(c, o) for c, o in cast]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--fold", type=int, action="append", help="run only these folds")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--tone", action="store_true", help="then a tone stage on LOL's pairs (but the validation set)")
+    ap.add_argument("--tone-steps", type=int, default=LookConfig.tone_steps)
+    ap.add_argument("--dark", type=float, default=LookConfig.dark)
+    ap.add_argument("--cast", type=float, default=LookConfig.cast)
+    ap.add_argument("--clean-fraction", type=float, default=LookConfig.clean_fraction)
+    ap.add_argument("--pair-fraction", type=float, default=LookConfig.pair_fraction)
+    ap.add_argument("--cache", type=Path, help="keep (and reuse) each fold's look before its tone stage here")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fivek = usable_pairs(FIVEK)
+    size = len(fivek) // args.folds
+    lol_val = lol_validation()
+    lol_loaded = load(lol_val, args.side)
+    clean, cast = checks(args.side)
+    results = []
+    for k in args.fold or range(args.folds):
+        val = fivek[k * size:(k + 1) * size]
+        cfg = LookConfig(photos=PHOTOS, pairs=[FIVEK], holdout=HELD_OUT,
+                         exclude=[b.stem for b, _ in val] + [b.stem for b, _ in lol_val], steps=args.steps,
+                         side=args.side, clean_fraction=args.clean_fraction, pair_fraction=args.pair_fraction,
+                         cast=args.cast, dark=args.dark, tone_steps=args.tone_steps)
+        t = time.time()
+        look = None
+        cached = args.cache / f"fold{k}-of{args.folds}-steps{args.steps}-cast{args.cast}-clean{args.clean_fraction}.pt" \
+            if args.cache else None
+        if cached and cached.exists():
+            look = GlobalLook()
+            look.load_state_dict(torch.load(cached))
+        else:
+            look = train_look(cfg, log=lambda m: None)
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(look.state_dict(), cached)
+        if args.tone:
+            look = train_look(replace(cfg, tone_pairs=[LOL]), log=lambda m: None, look=look)
+        r = {"fold": k, "seconds": round(time.time() - t, 1), **score_fold(look, load(val, args.side), lol_loaded, clean, cast)}
+        results.append(r)
+        print(f"{args.name} fold {k}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
+                                                     for key, v in r.items() if key != "fold"), flush=True)
+    keys = [k for k in results[0] if k not in ("fold", "seconds")]
+    summary = {k: (float(np.mean([r[k] for r in results])), float(np.std([r[k] for r in results]))) for k in keys}
+    print(f"{args.name} mean over {len(results)} folds: " + ", ".join(f"{k} {m:.3f} ±{s:.3f}" for k, (m, s) in summary.items()))
+    report = {"name": args.name, "args": {k: str(v) for k, v in vars(args).items()}, "folds": results, "summary": summary}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
