@@ -114,3 +114,17 @@ def test_shoot_benchmark_runs_the_batch_path_and_compares_models(tmp_path):
     assert all(r["mp_s"] > 0 and r["split_seconds"]["enhance"] > 0 for r in rep["rows"])
     assert rep["psnr_vs_baseline"][1] > 45  # the same model twice: the same look
     assert (tmp_path / "s.json").is_file()
+
+
+def test_shoot_benchmark_puts_the_photo_path_before_beside_the_one_now(tmp_path):
+    """What a GPU run compares (``--variants before now``), on a CPU: there the two are the same
+    arithmetic, so the outputs are the same bytes; the metadata's share is timed apart."""
+    from benchmarks.shoot import main as shoot
+
+    rep = shoot(["--smoke", "--threads", "1", "--models", "srpie-x2-fast-sr", "--variants", "before", "now+io4"])
+    assert [r["variant"] for r in rep["rows"]] == ["before", "now+io4"]
+    assert all(0 < r["network_busy"] <= 1 and r["device_peak_gb"] is None for r in rep["rows"])
+    assert rep["psnr_vs_baseline"][1] == 99.0  # identical
+    assert rep["metadata_seconds"]["check"] > 0
+    with pytest.raises(SystemExit, match="not half, compile or ioN"):
+        shoot(["--smoke", "--variants", "now+fp8"])
