@@ -18,8 +18,10 @@ itself (same outputs within float32 rounding). What it does, each kept because t
   the activation memory (and a second compiled graph for a short last batch).
 * On CUDA: cuDNN autotuning (the tiles of a photo share one shape). Compiling is opt-in
   there (``compile=True``): on an H200 it doubled the network alone in float16 (paper 75
-  MP/s against 34 eager, benchmarks/bench_cuda.py), but the photo path is bound by the
-  host-side tiling and blending (14.5 MP/s for 12 MP), so it does not yet pay end to end.
+  MP/s against 34 eager, benchmarks/bench_cuda.py), but the photo path was then bound by
+  host-side tiling and blending (14.5 MP/s for 12 MP). The path now stays on the device
+  (``tiling.upload``); whether compiling pays end to end there is not yet measured
+  (``benchmarks/shoot.py --variants now now+compile``).
 
 * bfloat16 (``precision="bfloat16"``, what ``--precision auto`` picks on a CPU with AVX512-BF16
   or AMX): the compiled graph is built from a bfloat16 copy of the network (its tiles go in and
