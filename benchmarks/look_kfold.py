@@ -38,7 +38,7 @@ from srpie_cli.data import find_pair_dirs, list_images, load_rgb, match_pairs, s
 from srpie_cli.degrade import white_balance  # noqa: E402
 from srpie_cli.images import to_float  # noqa: E402
 from srpie_cli.look import LookConfig, apply_look, train_look  # noqa: E402
-from srpie_cli.metrics import look_stats, psnr, ssim  # noqa: E402
+from srpie_cli.metrics import look_stats, psnr, srgb_to_lab, ssim  # noqa: E402
 from srpie_cli.model import GlobalLook  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -87,6 +87,10 @@ def score_fold(look, fivek, lol, clean, cast) -> dict:
     out["clean"] = float(np.mean([min(psnr(apply_look(look, p), p), 60.0) for p in clean]))
     out["cast"] = float(np.mean([psnr(apply_look(look, c), o) for c, o in cast]))
     out["cast_input"] = float(np.mean([psnr(c, o) for c, o in cast]))
+    # the cast left: how far the mean a*, b* of the output is from the photo's before the cast
+    ab = lambda img: srgb_to_lab(img)[..., 1:].reshape(-1, 2).mean(0)  # noqa: E731
+    out["cast_left"] = float(np.mean([np.linalg.norm(ab(apply_look(look, c)) - ab(o)) for c, o in cast]))
+    out["cast_left_input"] = float(np.mean([np.linalg.norm(ab(c) - ab(o)) for c, o in cast]))
     return out
 
 
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tone-steps", type=int, default=LookConfig.tone_steps)
     ap.add_argument("--dark", type=float, default=LookConfig.dark)
     ap.add_argument("--cast", type=float, default=LookConfig.cast)
+    ap.add_argument("--tone-cast", type=float, default=LookConfig.tone_cast)
     ap.add_argument("--clean-fraction", type=float, default=LookConfig.clean_fraction)
     ap.add_argument("--pair-fraction", type=float, default=LookConfig.pair_fraction)
     ap.add_argument("--cache", type=Path, help="keep (and reuse) each fold's look before its tone stage here")
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = LookConfig(photos=PHOTOS, pairs=[FIVEK], holdout=HELD_OUT,
                          exclude=[b.stem for b, _ in val] + [b.stem for b, _ in lol_val], steps=args.steps,
                          side=args.side, clean_fraction=args.clean_fraction, pair_fraction=args.pair_fraction,
-                         cast=args.cast, dark=args.dark, tone_steps=args.tone_steps)
+                         cast=args.cast, dark=args.dark, tone_steps=args.tone_steps, tone_cast=args.tone_cast)
         t = time.time()
         look = None
         cached = args.cache / f"fold{k}-of{args.folds}-steps{args.steps}-cast{args.cast}-clean{args.clean_fraction}.pt" \

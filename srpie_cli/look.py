@@ -47,7 +47,8 @@ class LookConfig:
     cast: float = defaults.LOOK_CAST  # strongest synthetic colour cast: log of the red/blue gain
     tone_pairs: list[Path] = field(default_factory=list)  # dark frames and their good versions: the tone stage
     tone_steps: int = defaults.LOOK_TONE_STEPS  # the tone stage's steps, after the look's
-    dark: float = defaults.LOOK_DARK  # share of the tone stage's photos made dark, noisy frames (degrade.dark_frame)
+    dark: float = defaults.LOOK_DARK  # share of the tone stage's photos damaged (``tone_damage``)
+    tone_cast: float = defaults.LOOK_TONE_CAST  # strongest cast the tone stage learns to take out
     seed: int = 0
 
 
@@ -108,6 +109,29 @@ def retouch_damage(rng: np.random.Generator, cast: float = defaults.LOOK_CAST) -
         ops.append(lambda im, v=float(rng.uniform(0.6, 1.0)): contrast(im, v))
     if rng.random() < 0.4:
         ops.append(lambda im, v=float(rng.uniform(0.0, 0.12)): haze(im, v))
+
+    def apply(img: np.ndarray) -> np.ndarray:
+        for op in ops:
+            img = op(img)
+        return np.clip(img, 0, 1)
+
+    return apply
+
+
+def tone_damage(rng: np.random.Generator, cast: float) -> Callable[[np.ndarray], np.ndarray]:
+    """What the tone stage undoes: half the time a frame taken in near darkness (-2 to -6 EV,
+    its sensor noise: ``degrade.dark_frame``), and a colour cast (as ``retouch_damage``'s, up
+    to ``cast``) on most dark frames and on every other photo."""
+    ops: list[Callable[[np.ndarray], np.ndarray]] = []
+    dark = rng.random() < 0.5
+    if dark:
+        ev, noise = float(rng.uniform(-6, -2)), float(np.exp(rng.uniform(np.log(3e-4), np.log(3e-3))))
+        seed = int(rng.integers(1 << 31))
+        ops.append(lambda im: dark_frame(im, ev, noise, np.random.default_rng(seed)))
+    if not dark or rng.random() < 0.6:
+        t, u = rng.uniform(-cast, cast), rng.uniform(-cast / 2, cast / 2)
+        gains = (float(np.exp(t)), float(np.exp(u)), float(np.exp(-t)))
+        ops.insert(0, lambda im: white_balance(im, gains))
 
     def apply(img: np.ndarray) -> np.ndarray:
         for op in ops:
@@ -180,11 +204,12 @@ def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: Global
 def train_tone(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], rng: np.random.Generator,
                log: Callable[[str], None]) -> GlobalLook:
     """``look`` with a tone stage trained in front of its colour mapping, which stays as it
-    was: on ``cfg.tone_pairs`` (dark frames and their good versions) and on the good photos,
-    left alone or (a share ``cfg.dark``) made dark, noisy frames. Trained apart, the two
+    was: on ``cfg.tone_pairs`` (dark frames and their good versions), on the look's own pairs
+    and on the good photos, left alone or (a share ``cfg.dark``) under ``tone_damage``. Trained apart, the two
     cannot trade: the dark frames' large errors never pull the colour mapping away from the
     pass it learnt on flat photos, and the stage learns to do nothing where nothing is dark."""
-    pairs = load_pairs(cfg.tone_pairs, cfg.side, set(cfg.exclude), cfg.holdout)
+    # the look's own pairs too: a flat, dim photo the look already fixes must not be lifted twice
+    pairs = load_pairs(cfg.tone_pairs + cfg.pairs, cfg.side, set(cfg.exclude), cfg.holdout)
     toned = GlobalLook(tone=True)
     toned.load_state_dict(look.state_dict(), strict=False)  # the colour mapping; the tone head starts at 0
     for p in toned.parameters():
@@ -193,13 +218,9 @@ def train_tone(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], rng:
     for p in params:
         p.requires_grad_(True)
     tone_cfg = replace(cfg, clean_fraction=1 - cfg.dark)
-
-    def dark(r: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
-        ev, noise, seed = float(r.uniform(-6, -2)), float(np.exp(r.uniform(np.log(3e-4), np.log(3e-3)))), r.integers(1 << 31)
-        return lambda im: dark_frame(im, ev, noise, np.random.default_rng(seed))
-
     fit(toned, params, cfg.tone_steps,
-        lambda: zip(*(sample(rng, photos, pairs, tone_cfg, dark) for _ in range(cfg.batch_size))), cfg.lr, log, "tone")
+        lambda: zip(*(sample(rng, photos, pairs, tone_cfg, lambda r: tone_damage(r, cfg.tone_cast))
+                      for _ in range(cfg.batch_size))), cfg.lr, log, "tone")
     for p in toned.parameters():
         p.requires_grad_(True)
     return toned

@@ -432,13 +432,20 @@ def tone(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return luma + chroma
 
 
+LEVEL_STATS = 6
+
+
 def level_stats(thumb: torch.Tensor) -> torch.Tensor:
-    """N x 4 brightness statistics of N thumbnails, in stops: log2 of the mean luma and of its
-    50th, 90th and 99th percentiles. A frame taken in near darkness differs from a dim one by
-    stops, which convolutions on the raw values barely see."""
-    luma = (thumb * thumb.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).flatten(1)
-    q = torch.quantile(luma.float(), luma.new_tensor([0.5, 0.9, 0.99], dtype=torch.float32), dim=1).T
-    return torch.log2(torch.cat([luma.float().mean(1, keepdim=True), q], dim=1) + 1e-3).to(thumb.dtype)
+    """N x 6 statistics of N thumbnails, in stops: log2 of the mean luma and of its 50th, 90th
+    and 99th percentiles, and of the mean red and blue over the mean green (the grey-world
+    cast). A frame taken in near darkness differs from a dim one by stops, which convolutions
+    on the raw values barely see."""
+    t = thumb.float()
+    luma = (t * t.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).flatten(1)
+    q = torch.quantile(luma, t.new_tensor([0.5, 0.9, 0.99]), dim=1).T
+    rgb = t.mean((2, 3)) + 1e-3
+    levels = torch.log2(torch.cat([luma.mean(1, keepdim=True), q], dim=1) + 1e-3)
+    return torch.cat([levels, torch.log2(rgb[:, 0::2] / rgb[:, 1:2])], dim=1).to(thumb.dtype)
 
 
 class GlobalLook(nn.Module):
@@ -453,8 +460,9 @@ class GlobalLook(nn.Module):
     With ``tone``, a second small head (the same features and ``level_stats``) sets a tone
     stage applied before the polynomial (``tone``): an exposure that can lift a frame taken in
     near darkness by several stops without clipping, and the noise reduction such a lift
-    needs. It is trained after the polynomial's head, which it leaves as it was
-    (``look.train_tone``); it too starts as the identity."""
+    needs; and it adds its own correction to the polynomial's coefficients (the colour and
+    contrast such a frame needs). It is trained after the polynomial's head, which it leaves
+    as it was (``look.train_tone``); it too starts as the identity."""
 
     def __init__(self, width: int = 32, tone: bool = False):
         super().__init__()
@@ -462,8 +470,8 @@ class GlobalLook(nn.Module):
                                   conv(width, 2 * width, 3, stride=2), nn.ReLU(),
                                   conv(2 * width, 2 * width, 3, stride=2), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.ReLU(), nn.Linear(2 * width, 3 * POLY_TERMS))
-        self.tone_head = nn.Sequential(nn.Linear(4 * width + 4, width), nn.ReLU(),
-                                       nn.Linear(width, TONE_TERMS)) if tone else None
+        self.tone_head = nn.Sequential(nn.Linear(4 * width + LEVEL_STATS, 2 * width), nn.ReLU(),
+                                       nn.Linear(2 * width, TONE_TERMS + 3 * POLY_TERMS)) if tone else None
         for last in (self.head[-1],) + ((self.tone_head[-1],) if tone else ()):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -478,8 +486,10 @@ class GlobalLook(nn.Module):
         f = self.body(thumb)
         f = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
         poly = self.identity + self.head(f).view(-1, 3, POLY_TERMS)
-        t = self.tone_head(torch.cat([f, level_stats(thumb)], dim=1)) if self.tone else None
-        return poly, t
+        if not self.tone:
+            return poly, None
+        t = self.tone_head(torch.cat([f, level_stats(thumb)], dim=1))
+        return poly + t[:, TONE_TERMS:].view(-1, 3, POLY_TERMS), t[:, :TONE_TERMS]
 
     def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:
         """N x 3 x 13 for N thumbnails (N x 3 x 64 x 64)."""

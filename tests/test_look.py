@@ -129,7 +129,7 @@ def _toned(settings) -> torch.Tensor:
     """A tone-stage look whose head always answers ``settings`` (EV, chroma NR, luma NR)."""
     look = GlobalLook(tone=True)
     with torch.no_grad():
-        look.tone_head[-1].bias[:] = torch.tensor(settings, dtype=torch.float32)
+        look.tone_head[-1].bias[:3] = torch.tensor(settings, dtype=torch.float32)
     return look
 
 
@@ -171,7 +171,37 @@ def test_a_tone_look_keeps_strength_and_tiles_and_its_config_round_trips():
     with pytest.raises(ValueError, match="look_tone"):
         DeepSRPIE(SRPIEConfig(look_tone=True))
     thumb = torch.rand(1, 3, 64, 64)
-    _, full = joint.global_look.settings(thumb)
+    poly, full = joint.global_look.settings(thumb)
     with_strength(joint, 0.5)
-    _, half = joint.global_look.settings(thumb)
+    half_poly, half = joint.global_look.settings(thumb)
     assert torch.allclose(half, 0.5 * full, atol=1e-6)  # half the exposure and noise reduction
+    ident = identity_polynomial()
+    assert torch.allclose(half_poly, ident + 0.5 * (poly - ident), atol=1e-6)
+
+
+def test_the_tone_stage_trains_after_the_look_and_leaves_its_colour_mapping_as_it_was(tmp_path):
+    """make_model from a model with a look: the look's weights come out unchanged, a tone
+    stage is trained in front of them, and the upscaler is the init's."""
+    from srpie_cli.look import make_model
+    from srpie_cli.weights import load_model, save_weights
+
+    rng = np.random.default_rng(0)
+    for side in ("low", "high"):
+        (tmp_path / "dark" / side).mkdir(parents=True)
+    for i in range(4):
+        good = rng.random((48, 64, 3)) * 0.8 + 0.1
+        Image.fromarray((good * 255).astype(np.uint8)).save(tmp_path / "dark" / "high" / f"{i}.png")
+        Image.fromarray((good * 0.15 * 255).astype(np.uint8)).save(tmp_path / "dark" / "low" / f"{i}.png")
+    look = GlobalLook()
+    torch.nn.init.normal_(look.head[-1].weight, std=0.02)
+    joint = attach(perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    save_weights(tmp_path / "init.pt", joint, {"scores": {}})
+    cfg = LookConfig(tone_pairs=[tmp_path / "dark"], holdout=1, tone_steps=20, batch_size=4, crop=32, side=64)
+    with pytest.raises(Exception, match="has a look already"):
+        make_model(LookConfig(pairs=[tmp_path / "dark"]), str(tmp_path / "init.pt"), tmp_path / "x.pt", "cmd", [], log=lambda m: None)
+    meta = make_model(cfg, str(tmp_path / "init.pt"), tmp_path / "out.pt", "cmd", [], log=lambda m: None)
+    out, _ = load_model(str(tmp_path / "out.pt"))
+    assert out.cfg.look_tone and "dark held-out (RGB)" in meta["scores"]
+    before, after = joint.state_dict(), out.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the upscaler and the look, as they were
+    assert any(after[k].abs().sum() > 0 for k in after if k.startswith("global_look.tone_head.2"))  # the tone learnt
