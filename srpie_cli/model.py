@@ -427,12 +427,20 @@ def tone(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     luma = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     chroma = x - luma
     a_c, a_y = t[:, 1].clamp(0, 1).view(-1, 1, 1, 1), t[:, 2].clamp(0, 1).view(-1, 1, 1, 1)
-    chroma = torch.lerp(chroma, blur(chroma, 2.0), a_c)
-    luma = torch.lerp(luma, blur(luma, 1.0), a_y)
+    # (under bfloat16 autocast the blur's convolutions come back in bfloat16)
+    chroma = torch.lerp(chroma, blur(chroma, 2.0).to(x.dtype), a_c)
+    luma = torch.lerp(luma, blur(luma, 1.0).to(x.dtype), a_y)
     return luma + chroma
 
 
 LEVEL_STATS = 6
+# The tone stage acts on frames taken in near darkness only: its output is gated by the mean
+# luma of the thumbnail: 92% at 0.075, half at DARK_MEAN, 1.4% at 0.12, 0.1% at 0.14. LOL's dark frames
+# have a mean luma of 0.009-0.275 (5th-95th percentile 0.015-0.122); photos that need no lift,
+# 0.13 and up (bsd200, Set14, FiveK's inputs). A gate centred at 0.10 and half as steep let
+# the stage take 2.4 dB from a dim FiveK frame (mean 0.142) in a k-fold (weights/README.md).
+DARK_MEAN = 0.09
+DARK_GATE_SLOPE = 10.0  # per stop
 
 
 def level_stats(thumb: torch.Tensor) -> torch.Tensor:
@@ -461,8 +469,10 @@ class GlobalLook(nn.Module):
     stage applied before the polynomial (``tone``): an exposure that can lift a frame taken in
     near darkness by several stops without clipping, and the noise reduction such a lift
     needs; and it adds its own correction to the polynomial's coefficients (the colour and
-    contrast such a frame needs). It is trained after the polynomial's head, which it leaves
-    as it was (``look.train_tone``); it too starts as the identity."""
+    contrast such a frame needs). Gated by the thumbnail's mean luma (``DARK_MEAN``), it
+    leaves a photo that is not dark exactly to the polynomial. It is trained after the
+    polynomial's head, which it leaves as it was (``look.train_tone``); it too starts as the
+    identity."""
 
     def __init__(self, width: int = 32, tone: bool = False):
         super().__init__()
@@ -488,7 +498,9 @@ class GlobalLook(nn.Module):
         poly = self.identity + self.head(f).view(-1, 3, POLY_TERMS)
         if not self.tone:
             return poly, None
-        t = self.tone_head(torch.cat([f, level_stats(thumb)], dim=1))
+        levels = level_stats(thumb)
+        gate = torch.sigmoid(DARK_GATE_SLOPE * (math.log2(DARK_MEAN) - levels[:, :1]))
+        t = self.tone_head(torch.cat([f, levels], dim=1)) * gate
         return poly + t[:, TONE_TERMS:].view(-1, 3, POLY_TERMS), t[:, :TONE_TERMS]
 
     def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,11 @@ def test_scale_1_applies_the_look_at_the_photos_size_with_its_metadata(tmp_path)
     assert np.abs(small.pixels.reshape(-1, 3).mean(0) - inp.reshape(-1, 3).mean(0)).max() > 1.0  # the look acted
 
 
+def _dark_thumb() -> torch.Tensor:
+    """The thumbnail of a frame taken in near darkness (mean luma about 0.03)."""
+    return torch.rand(1, 3, 64, 64) * 0.06
+
+
 def _toned(settings) -> torch.Tensor:
     """A tone-stage look whose head always answers ``settings`` (EV, chroma NR, luma NR)."""
     look = GlobalLook(tone=True)
@@ -136,19 +141,21 @@ def _toned(settings) -> torch.Tensor:
 def test_the_tone_stage_starts_as_the_identity_lifts_shadows_and_keeps_white_white():
     x = torch.rand(1, 3, 32, 40)
     x[..., :4, :] = 1.0  # a blown white
-    assert torch.allclose(_toned([0, 0, 0])(x, torch.rand(1, 3, 64, 64)), x, atol=3e-4)
-    lifted = _toned([3, 0, 0])(x, torch.rand(1, 3, 64, 64))
+    assert torch.allclose(_toned([0, 0, 0])(x, _dark_thumb()), x, atol=3e-4)
+    lifted = _toned([3, 0, 0])(x, _dark_thumb())
     assert torch.equal(lifted[..., :4, :], x[..., :4, :])  # white stays white and neutral
     dark = x[..., 4:, :] < 0.2
     assert (lifted[..., 4:, :][dark] > 1.5 * x[..., 4:, :][dark]).all()  # shadows lifted by far more than a stop's 2.2 root
     assert (lifted <= 1).all() and (lifted >= 0).all()
+    # a photo that is not dark is left to the colour mapping: the tone stage is gated off
+    assert torch.allclose(_toned([3, 1, 1])(x, 0.3 + 0.4 * torch.rand(1, 3, 64, 64)), x, atol=1e-3)
 
 
 def test_the_tone_stages_noise_reduction_smooths_colour_blotches_but_not_a_clean_photo():
     rng = torch.Generator().manual_seed(0)
     grey = torch.full((1, 3, 48, 48), 0.4)
     noisy = (grey + 0.05 * torch.randn(1, 3, 48, 48, generator=rng)).clamp(0, 1)
-    thumb = torch.rand(1, 3, 64, 64)
+    thumb = _dark_thumb()
     plain = _toned([0, 0, 0])(noisy, thumb)
     smoothed = _toned([0, 1, 1])(noisy, thumb)
     chroma = lambda y: (y - y.mean(1, keepdim=True)).std()  # noqa: E731
@@ -170,7 +177,7 @@ def test_a_tone_look_keeps_strength_and_tiles_and_its_config_round_trips():
     assert psnr(tiled[0].permute(1, 2, 0).numpy(), whole[0].permute(1, 2, 0).numpy()) > 40
     with pytest.raises(ValueError, match="look_tone"):
         DeepSRPIE(SRPIEConfig(look_tone=True))
-    thumb = torch.rand(1, 3, 64, 64)
+    thumb = _dark_thumb()
     poly, full = joint.global_look.settings(thumb)
     with_strength(joint, 0.5)
     half_poly, half = joint.global_look.settings(thumb)
@@ -205,3 +212,19 @@ def test_the_tone_stage_trains_after_the_look_and_leaves_its_colour_mapping_as_i
     before, after = joint.state_dict(), out.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the upscaler and the look, as they were
     assert any(after[k].abs().sum() > 0 for k in after if k.startswith("global_look.tone_head.2"))  # the tone learnt
+
+
+def test_a_tone_look_runs_under_bfloat16_autocast_as_the_cpu_default_does():
+    look = _toned([3.0, 1.0, 0.5])
+    x = torch.rand(1, 3, 40, 40) * 0.05
+    with torch.no_grad():
+        exact = look(x, _thumb_of(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = look(x, _thumb_of(x))
+    assert (fast.float() - exact).abs().max() < 0.02  # about 5 levels at most, in the deepest shadows
+
+
+def _thumb_of(x: torch.Tensor) -> torch.Tensor:
+    from srpie_cli.model import context_thumbnail
+
+    return context_thumbnail(x)
