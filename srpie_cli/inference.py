@@ -208,7 +208,9 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     else:
         x = to_tensor(images.to_float(photo.pixels))
     y = at_scale(model, x, settings.scale, opts, on_retry=on_retry, on_tile=on_tile)
-    if not bool(torch.isfinite(y).all()):
+    # the sum, not isfinite(y): that makes a full-size temporary (1.6 GB at 24 MP, the run's
+    # peak); a NaN anywhere makes the sum NaN, and y is clamped, so no infinity is left
+    if not bool(torch.isfinite(y.sum())):
         raise SrpieError("the network's output is not finite (NaN or infinity): the model's weights are broken")
     if images.is_monochrome(photo.pixels):  # in place: a 24 MP output is 1.2 GB of float32
         r, g, b = y[0]
@@ -227,6 +229,9 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
         a = torch.from_numpy(images.to_float(photo.alpha))[None, None]
         alpha = images.from_float(upsample_bicubic(a, model.scale)[0, 0].numpy(), photo.bits)
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
+
+
+BAND_MARGIN = 16  # rows each band of a --scale 1 look borrows from its neighbours (the tone stage blurs 6)
 
 
 def at_scale(model, x, scale: int, opts, **kw):
@@ -251,10 +256,13 @@ def at_scale(model, x, scale: int, opts, **kw):
         return F.interpolate(y, size=x.shape[-2:], mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
     device = next(net.parameters()).device
     with torch.inference_mode():
-        m = look.coefficients(context_thumbnail(x).to(device))
+        settings = look.settings(context_thumbnail(x).to(device))
         y = torch.empty_like(x)
-        for r in range(0, x.shape[-2], 256):  # 13 terms a pixel: a band at a time, not the whole photo
-            y[..., r:r + 256, :] = look.map(x[..., r:r + 256, :].to(device), m).float().to(x.device)
+        h, margin = x.shape[-2], BAND_MARGIN
+        for r in range(0, h, 256):  # 13 terms a pixel: a band at a time, not the whole photo
+            a, b = max(r - margin, 0), min(r + 256 + margin, h)  # the tone stage's blur sees across
+            band = look.with_settings(x[..., a:b, :].to(device), *settings).float().to(x.device)
+            y[..., r:r + 256, :] = band[..., r - a:r - a + min(256, h - r), :]
     return y
 
 

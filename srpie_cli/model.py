@@ -508,9 +508,12 @@ class GlobalLook(nn.Module):
         return self.settings(thumb)[0]
 
     def forward(self, x: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
-        poly, t = self.settings(thumb.to(x.dtype))
+        return self.with_settings(x, *self.settings(thumb.to(x.dtype)))
+
+    def with_settings(self, x: torch.Tensor, poly: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        """The look with its ``settings`` (of the whole photo) on ``x``: a tile or band of it."""
         if t is not None:
-            x = tone(x, t.expand(x.shape[0], -1))
+            x = tone(x, t.to(x.dtype).expand(x.shape[0], -1))
         return self.map(x, poly)
 
     @staticmethod

@@ -228,3 +228,21 @@ def _thumb_of(x: torch.Tensor) -> torch.Tensor:
     from srpie_cli.model import context_thumbnail
 
     return context_thumbnail(x)
+
+
+def test_scale_1_applies_the_tone_stage_band_by_band_as_one_pass_would():
+    """--scale 1 runs the look a band of rows at a time: with a tone stage (whose noise
+    reduction blurs across band edges) it gives what the look gives the whole photo at once."""
+    from srpie_cli.inference import at_scale
+    from srpie_cli.model import context_thumbnail
+    from srpie_cli.tiling import TileOptions
+
+    look = _toned([2.5, 1.0, 1.0])
+    torch.nn.init.normal_(look.tone_head[-1].weight, std=0.02)
+    joint = attach(perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    x = (torch.rand(1, 3, 600, 40) * 0.06).contiguous()  # a dark frame: the tone stage acts
+    with torch.no_grad():
+        whole = joint.global_look(x, context_thumbnail(x))
+    banded = at_scale(joint, x, 1, TileOptions())
+    assert (whole - x).abs().mean() > 0.05  # the tone stage lifted it
+    assert (banded - whole).abs().max() < 1e-5
