@@ -590,7 +590,7 @@ def models():
     table.add_column("params", justify="right", no_wrap=True)
     notes = []
     for name, entry in SHIPPED.items():
-        default = {defaults.MODEL: " (default on CUDA)", defaults.CPU_MODEL: " (default on a CPU)"}.get(name, "")
+        default = {defaults.MODEL: "\n(default on CUDA)", defaults.CPU_MODEL: "\n(default on a CPU)"}.get(name, "")
         try:
             net, meta = load_model(name)
         except SrpieError as e:

@@ -161,9 +161,9 @@ def test_examples_end_to_end(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_killed_run_leaves_no_partial_output_and_the_next_run_finishes(tmp_path, tiny_model, sig):
-    n = 6
+    n = 12  # enough that the run is still going when the signal comes, even on a loaded machine
     for i in range(n):
-        write_jpeg(tmp_path / f"s/{i:02d}.jpg", 160, 200, seed=i)  # ~0.3 s each: time to signal
+        write_jpeg(tmp_path / f"s/{i:02d}.jpg", 240, 300, seed=i)  # ~0.5 s each: time to signal
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "srpie_cli", "enhance", str(tmp_path / "s"), "-o", str(out),
            "--model", str(tiny_model), "--tile", "0"]
@@ -179,7 +179,7 @@ def test_killed_run_leaves_no_partial_output_and_the_next_run_finishes(tmp_path,
     assert 1 <= len(done) < n
     assert no_temporaries(out)
     for p in done:  # every output there is complete
-        assert images.read_photo(p).size == (400, 320)
+        assert images.read_photo(p).size == (600, 480)
     r = enhance(tmp_path / "s", "-o", out, "--model", tiny_model, "--tile", "0")
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("*.jpg"))) == n
