@@ -119,26 +119,16 @@ def retouch_damage(rng: np.random.Generator, cast: float = defaults.LOOK_CAST) -
 
 
 def tone_damage(rng: np.random.Generator, cast: float) -> Callable[[np.ndarray], np.ndarray]:
-    """What the tone stage undoes: half the time a frame taken in near darkness (-2 to -6 EV,
-    its sensor noise: ``degrade.dark_frame``), and a colour cast (as ``retouch_damage``'s, up
-    to ``cast``) on most dark frames and on every other photo."""
-    ops: list[Callable[[np.ndarray], np.ndarray]] = []
-    dark = rng.random() < 0.5
-    if dark:
-        ev, noise = float(rng.uniform(-6, -2)), float(np.exp(rng.uniform(np.log(3e-4), np.log(3e-3))))
-        seed = int(rng.integers(1 << 31))
-        ops.append(lambda im: dark_frame(im, ev, noise, np.random.default_rng(seed)))
-    if not dark or rng.random() < 0.6:
+    """What the tone stage undoes: a frame taken in near darkness (-2 to -6 EV, with its
+    sensor noise: ``degrade.dark_frame``), most often under a colour cast as well (as
+    ``retouch_damage``'s, up to ``cast``)."""
+    ev, noise = float(rng.uniform(-6, -2)), float(np.exp(rng.uniform(np.log(3e-4), np.log(3e-3))))
+    seed = int(rng.integers(1 << 31))
+    gains = (1.0, 1.0, 1.0)
+    if rng.random() < 0.6:
         t, u = rng.uniform(-cast, cast), rng.uniform(-cast / 2, cast / 2)
         gains = (float(np.exp(t)), float(np.exp(u)), float(np.exp(-t)))
-        ops.insert(0, lambda im: white_balance(im, gains))
-
-    def apply(img: np.ndarray) -> np.ndarray:
-        for op in ops:
-            img = op(img)
-        return np.clip(img, 0, 1)
-
-    return apply
+    return lambda im: np.clip(dark_frame(white_balance(im, gains), ev, noise, np.random.default_rng(seed)), 0, 1)
 
 
 def sample(rng: np.random.Generator, photos: list[np.ndarray], pairs: list, cfg: LookConfig,
