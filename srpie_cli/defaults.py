@@ -53,8 +53,8 @@ LOOK_PAIR_FRACTION = 0.5  # share of a batch from real pairs
 LOOK_CLEAN_FRACTION = 0.7  # share of synthetic samples left undamaged: a photo that needs nothing stays
 LOOK_CAST = 0.25  # strongest synthetic colour cast: log of the red/blue gain
 LOOK_TONE_STEPS = 800  # the tone stage's steps (exposure and noise reduction), after the look's
-LOOK_DARK = 0.3  # share of the tone stage's good photos damaged: dark, noisy frames and casts
-LOOK_TONE_CAST = 0.5  # strongest cast the tone stage learns to take out (log of the red/blue gain)
+LOOK_DARK = 0.3  # share of the tone stage's good photos made dark, noisy frames (most under a cast)
+LOOK_TONE_CAST = 0.5  # strongest cast on the tone stage's synthetic dark frames (log of the red/blue gain)
 
 # ----------------------------------------------------------------------------- the models
 

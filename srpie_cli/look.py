@@ -9,7 +9,12 @@ photo, and ``--strength`` scales the mapping towards the identity.
 
 The data: good photos under synthetic damage (exposure, casts, flat contrast, washed-out
 colour, lifted blacks; some left undamaged, so a photo that needs nothing is left alone) and
-real before/after pairs (FiveK's flat renders and expert C's retouch; LOL's dark frames).
+real before/after pairs (FiveK's flat renders and expert C's retouch).
+
+Then, with tone pairs (LOL's dark frames and their well-exposed versions), the tone stage:
+an exposure lift, noise reduction and a colour correction for frames taken in near
+darkness (``model.tone``), trained in front of the finished look (``train_tone``), which it
+leaves as it was; dark, noisy frames made from the good photos (``tone_damage``) join them.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class LookConfig:
     tone_pairs: list[Path] = field(default_factory=list)  # dark frames and their good versions: the tone stage
     tone_steps: int = defaults.LOOK_TONE_STEPS  # the tone stage's steps, after the look's
     dark: float = defaults.LOOK_DARK  # share of the tone stage's photos damaged (``tone_damage``)
-    tone_cast: float = defaults.LOOK_TONE_CAST  # strongest cast the tone stage learns to take out
+    tone_cast: float = defaults.LOOK_TONE_CAST  # strongest cast on the tone stage's synthetic dark frames
     seed: int = 0
 
 
