@@ -94,6 +94,24 @@ def score_fold(look, fivek, lol, clean, cast) -> dict:
     return out
 
 
+def lol_at_2x(look, pairs) -> dict:
+    """The LOL validation pairs as ``benchmarks/look.py`` scores the held-out ones: the dark
+    frame halved (antialiased bicubic), the look in front of ``srpie-x2-fast-sr`` at 2x, against
+    the full-size good frame: where the noise a lift brings up shows."""
+    from srpie_cli.evaluate import pillow_bicubic_down, run_model
+    from srpie_cli.look import attach
+    from srpie_cli.tiling import TileOptions
+    from srpie_cli.weights import load_model
+
+    model = attach(load_model("srpie-x2-fast-sr")[0], look)
+    rows = []
+    for b, a in pairs:
+        hr, lo = to_float(load_rgb(a)), load_rgb(b)
+        out = run_model(model, pillow_bicubic_down(lo, 2), TileOptions(tile=0))
+        rows.append((psnr(out, hr), ssim(out, hr)))
+    return {"lol2x": float(np.mean([r[0] for r in rows])), "lol2x_ssim": float(np.mean([r[1] for r in rows]))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
@@ -107,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dark", type=float, default=LookConfig.dark)
     ap.add_argument("--cast", type=float, default=LookConfig.cast)
     ap.add_argument("--tone-cast", type=float, default=LookConfig.tone_cast)
+    ap.add_argument("--tone-side", type=int, default=LookConfig.tone_side)
     ap.add_argument("--clean-fraction", type=float, default=LookConfig.clean_fraction)
     ap.add_argument("--pair-fraction", type=float, default=LookConfig.pair_fraction)
     ap.add_argument("--cache", type=Path, help="keep (and reuse) each fold's look before its tone stage here")
@@ -125,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = LookConfig(photos=PHOTOS, pairs=[FIVEK], holdout=HELD_OUT,
                          exclude=[b.stem for b, _ in val] + [b.stem for b, _ in lol_val], steps=args.steps,
                          side=args.side, clean_fraction=args.clean_fraction, pair_fraction=args.pair_fraction,
-                         cast=args.cast, dark=args.dark, tone_steps=args.tone_steps, tone_cast=args.tone_cast)
+                         cast=args.cast, dark=args.dark, tone_steps=args.tone_steps, tone_cast=args.tone_cast,
+                         tone_side=args.tone_side)
         t = time.time()
         look = None
         cached = args.cache / f"fold{k}-of{args.folds}-steps{args.steps}-cast{args.cast}-clean{args.clean_fraction}.pt" \
@@ -140,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.save(look.state_dict(), cached)
         if args.tone:
             look = train_look(replace(cfg, tone_pairs=[LOL]), log=lambda m: None, look=look)
-        r = {"fold": k, "seconds": round(time.time() - t, 1), **score_fold(look, load(val, args.side), lol_loaded, clean, cast)}
+        r = {"fold": k, "seconds": round(time.time() - t, 1), **score_fold(look, load(val, args.side), lol_loaded, clean, cast),
+             **lol_at_2x(look, lol_val)}
         results.append(r)
         print(f"{args.name} fold {k}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
                                                      for key, v in r.items() if key != "fold"), flush=True)

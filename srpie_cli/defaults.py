@@ -54,6 +54,7 @@ LOOK_CLEAN_FRACTION = 0.7  # share of synthetic samples left undamaged: a photo 
 LOOK_CAST = 0.25  # strongest synthetic colour cast: log of the red/blue gain
 LOOK_TONE_STEPS = 800  # the tone stage's steps (exposure and noise reduction), after the look's
 LOOK_DARK = 0.3  # share of the tone stage's good photos made dark, noisy frames (most under a cast)
+LOOK_TONE_SIDE = 512  # long side of the tone stage's training photos: noise is pixel-sized, shrinking hides it
 LOOK_TONE_CAST = 0.5  # strongest cast on the tone stage's synthetic dark frames (log of the red/blue gain)
 
 # ----------------------------------------------------------------------------- the models

@@ -54,6 +54,7 @@ class LookConfig:
     tone_steps: int = defaults.LOOK_TONE_STEPS  # the tone stage's steps, after the look's
     dark: float = defaults.LOOK_DARK  # share of the tone stage's photos damaged (``tone_damage``)
     tone_cast: float = defaults.LOOK_TONE_CAST  # strongest cast on the tone stage's synthetic dark frames
+    tone_side: int = defaults.LOOK_TONE_SIDE  # the tone stage's photos' long side: noise is pixel-sized
     seed: int = 0
 
 
@@ -192,6 +193,8 @@ def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: Global
             lambda: zip(*(sample(rng, photos, pairs, cfg, lambda r: retouch_damage(r, cfg.cast))
                           for _ in range(cfg.batch_size))), cfg.lr, log, "look")
     if cfg.tone_pairs:
+        if cfg.tone_side != cfg.side:
+            photos = load_photos(cfg.photos, cfg.tone_side)
         look = train_tone(cfg, look, photos, rng, log)
     return look.eval()
 
@@ -204,7 +207,7 @@ def train_tone(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], rng:
     cannot trade: the dark frames' large errors never pull the colour mapping away from the
     pass it learnt on flat photos, and the stage learns to do nothing where nothing is dark."""
     # the look's own pairs too: a flat, dim photo the look already fixes must not be lifted twice
-    pairs = load_pairs(cfg.tone_pairs + cfg.pairs, cfg.side, set(cfg.exclude), cfg.holdout)
+    pairs = load_pairs(cfg.tone_pairs + cfg.pairs, cfg.tone_side, set(cfg.exclude), cfg.holdout)
     toned = GlobalLook(tone=True)
     toned.load_state_dict(look.state_dict(), strict=False)  # the colour mapping; the tone head starts at 0
     for p in toned.parameters():

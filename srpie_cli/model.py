@@ -426,7 +426,10 @@ def tone(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     x = (g * lin / (1 + (g - 1) * lin)).clamp(1e-8, 1) ** (1 / GAMMA)  # 1e-8: 0.06 of an 8-bit level
     luma = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     chroma = x - luma
-    a_c, a_y = t[:, 1].clamp(0, 1).view(-1, 1, 1, 1), t[:, 2].clamp(0, 1).view(-1, 1, 1, 1)
+    # clamped going forward, but the gradient passes as if not: a clamp's dead zone would stop
+    # training for good the first time a step pushed an amount below 0 (the first try's did)
+    amounts = t[:, 1:3] + (t[:, 1:3].clamp(0, 1) - t[:, 1:3]).detach()
+    a_c, a_y = amounts[:, 0].view(-1, 1, 1, 1), amounts[:, 1].view(-1, 1, 1, 1)
     # (under bfloat16 autocast the blur's convolutions come back in bfloat16)
     chroma = torch.lerp(chroma, blur(chroma, 2.0).to(x.dtype), a_c)
     luma = torch.lerp(luma, blur(luma, 1.0).to(x.dtype), a_y)

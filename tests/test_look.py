@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from srpie_cli.look import LookConfig, apply_look, attach, retouch_damage, train_look
@@ -246,3 +247,17 @@ def test_scale_1_applies_the_tone_stage_band_by_band_as_one_pass_would():
     banded = at_scale(joint, x, 1, TileOptions())
     assert (whole - x).abs().mean() > 0.05  # the tone stage lifted it
     assert (banded - whole).abs().max() < 1e-5
+
+
+def test_the_noise_reductions_amount_learns_back_from_below_zero():
+    """Clamped to 0..1 going forward, but its gradient passes: an amount pushed below 0 early
+    in training can still come back (a plain clamp would stop it there for good)."""
+    from srpie_cli.model import tone
+
+    rng = torch.Generator().manual_seed(0)
+    noisy = (0.3 + 0.05 * torch.randn(1, 3, 32, 32, generator=rng)).clamp(0, 1)
+    t = torch.tensor([[0.0, -0.3, -0.3]], requires_grad=True)
+    out = tone(noisy, t)
+    assert torch.allclose(out, tone(noisy, torch.zeros(1, 3)))  # below 0: no noise reduction
+    F.l1_loss(out, torch.full_like(noisy, 0.3)).backward()
+    assert t.grad[0, 1] < 0 and t.grad[0, 2] < 0  # towards more smoothing, against a clean target
