@@ -406,12 +406,14 @@ GAMMA = 2.2  # the tone stage's approximation of sRGB's transfer curve
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (radius 3 sigma, reflected borders), channel by channel."""
+    """Separable Gaussian blur (radius 3 sigma, reflected borders; repeated on an image too
+    small to reflect), channel by channel."""
     r = max(1, math.ceil(3 * sigma))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
     k = (k / k.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k, groups=x.shape[1])
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.transpose(2, 3), groups=x.shape[1])
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.transpose(2, 3), groups=x.shape[1])
 
 
 def tone(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
