@@ -105,7 +105,7 @@ def cache_key(settings, device: str, threads: int) -> str:
     from srpie_cli.tiling import TileOptions
 
     parts = [_model_key(settings), device, threads, torch.__version__, settings.tile, settings.overlap,
-             settings.half, TileOptions().tile_batch, getattr(settings, "precision", None), getattr(settings, "scale", None)]
+             settings.half, TileOptions().tile_batch, settings.precision, settings.scale]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
 

@@ -95,6 +95,13 @@ def _crop(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, size: int) -> 
     return a, b
 
 
+def cast_gains(rng: np.random.Generator, cast: float) -> tuple[float, float, float]:
+    """RGB gains of a colour cast: warm/cool (red against blue) up to ``cast`` in log gain,
+    and a green/magenta tint of half that."""
+    t, u = rng.uniform(-cast, cast), rng.uniform(-cast / 2, cast / 2)
+    return float(np.exp(t)), float(np.exp(u)), float(np.exp(-t))
+
+
 def retouch_damage(rng: np.random.Generator, cast: float = defaults.LOOK_CAST) -> Callable[[np.ndarray], np.ndarray]:
     """What a retoucher's pass undoes, drawn one-sided where the correction is one-sided:
     exposure mostly too dark (-1.5 to +0.7 EV, in linear light), a colour cast (a warm/cool
@@ -106,9 +113,7 @@ def retouch_damage(rng: np.random.Generator, cast: float = defaults.LOOK_CAST) -
     if rng.random() < 0.8:
         ops.append(lambda im, ev=float(rng.uniform(-1.5, 0.7)): exposure(im, ev))
     if rng.random() < 0.6:
-        t, u = rng.uniform(-cast, cast), rng.uniform(-cast / 2, cast / 2)
-        gains = (float(np.exp(t)), float(np.exp(u)), float(np.exp(-t)))
-        ops.append(lambda im, g=gains: white_balance(im, g))
+        ops.append(lambda im, g=cast_gains(rng, cast): white_balance(im, g))
     if rng.random() < 0.6:
         ops.append(lambda im, v=float(rng.uniform(0.4, 1.0)): saturation(im, v))
     if rng.random() < 0.6:
@@ -130,10 +135,7 @@ def tone_damage(rng: np.random.Generator, cast: float) -> Callable[[np.ndarray],
     ``retouch_damage``'s, up to ``cast``)."""
     ev, noise = float(rng.uniform(-6, -2)), float(np.exp(rng.uniform(np.log(3e-4), np.log(3e-3))))
     seed = int(rng.integers(1 << 31))
-    gains = (1.0, 1.0, 1.0)
-    if rng.random() < 0.6:
-        t, u = rng.uniform(-cast, cast), rng.uniform(-cast / 2, cast / 2)
-        gains = (float(np.exp(t)), float(np.exp(u)), float(np.exp(-t)))
+    gains = cast_gains(rng, cast) if rng.random() < 0.6 else (1.0, 1.0, 1.0)
     return lambda im: np.clip(dark_frame(white_balance(im, gains), ev, noise, np.random.default_rng(seed)), 0, 1)
 
 

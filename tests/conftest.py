@@ -66,6 +66,29 @@ def write_jpeg(path: Path, h: int = 24, w: int = 32, orientation: int = 1, seed:
     return path
 
 
+def disk_full_after(monkeypatch, writes: int = 1) -> None:
+    """Every output write after the first ``writes`` fails as a full disk does, after writing
+    a little (the check before the network, in memory, is left alone)."""
+    import errno
+    import io
+
+    from srpie_cli import images
+
+    real = images._write_pillow
+    calls = []
+
+    def full(f, *a, **kw):
+        if isinstance(f, io.BytesIO):  # the check before the network runs, in memory
+            return real(f, *a, **kw)
+        calls.append(1)
+        if len(calls) > writes:
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *a, **kw)
+
+    monkeypatch.setattr(images, "_write_pillow", full)
+
+
 def write_dng(path: Path, h: int = 32, w: int = 48, seed: int = 0) -> Path:
     """A minimal linear-Bayer DNG LibRaw develops: CFA photometric 32803 with DNGVersion,
     CFARepeatPatternDim, CFAPattern (RGGB), BlackLevel, WhiteLevel, ColorMatrix1 and

@@ -1,5 +1,4 @@
 import errno
-import io
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from PIL import Image
 from srpie_cli import batch, defaults, images, inference
 from srpie_cli.batch import UsageError
 from srpie_cli.inference import Settings
-from tests.conftest import write_dng, write_jpeg
+from tests.conftest import disk_full_after, write_dng, write_jpeg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,19 +130,7 @@ def test_second_run_on_the_same_output_is_refused_by_the_lock(tmp_path, tiny_mod
 def test_full_disk_is_reported_leaves_no_temporary_file_and_stops(tmp_path, tiny_model, monkeypatch):
     for i in range(4):
         write_jpeg(tmp_path / f"s/{i}.jpg", 16, 16, seed=i)
-    real = images._write_pillow
-    calls = []
-
-    def full(f, *a, **kw):
-        if isinstance(f, io.BytesIO):  # the check before the network runs, in memory
-            return real(f, *a, **kw)
-        calls.append(1)
-        if len(calls) >= 2:
-            f.write(b"\0" * 100)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(f, *a, **kw)
-
-    monkeypatch.setattr(images, "_write_pillow", full)
+    disk_full_after(monkeypatch)
     out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
     by = {Path(r.input).name: r for r in out.results}
     assert by["0.jpg"].status == "done"

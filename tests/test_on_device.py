@@ -4,8 +4,6 @@ every step is the same arithmetic as the host path, so the two must agree to the
 PyTorch's "meta" device (shapes without data) any tensor left on the host fails the run, so
 a pass there shows that nothing of the image-sized work stays behind."""
 
-import errno
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +16,7 @@ from srpie_cli import batch, images, inference
 from srpie_cli.inference import Settings
 from srpie_cli.model import DeepSRPIE, config_for
 from srpie_cli.tiling import TileOptions, download, to_tensor, upload, upscale
-from tests.conftest import digest, pattern, write_jpeg
+from tests.conftest import digest, disk_full_after, pattern, write_jpeg
 from tests.test_model import perturbed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,19 +111,7 @@ def test_the_gpu_pipeline_on_a_cpu_writes_the_same_bytes_and_reports_the_same(tm
 def test_a_full_disk_with_many_writes_in_flight_stops_the_batch_and_leaves_no_part(tmp_path, tiny_model, monkeypatch):
     for i in range(8):
         write_jpeg(tmp_path / f"s/{i}.jpg", 16, 16, seed=i)
-    real = images._write_pillow
-    calls = []
-
-    def full(f, *a, **kw):
-        if isinstance(f, io.BytesIO):  # the check before the network runs, in memory
-            return real(f, *a, **kw)
-        calls.append(1)
-        if len(calls) >= 2:
-            f.write(b"\0" * 100)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(f, *a, **kw)
-
-    monkeypatch.setattr(images, "_write_pillow", full)
+    disk_full_after(monkeypatch)
     out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o",
                         settings=Settings(model=str(tiny_model), on_device=True, io_threads=8))
     by = {Path(r.input).name: r for r in out.results}
