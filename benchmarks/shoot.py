@@ -166,15 +166,16 @@ def main(argv: list[str] | None = None) -> dict:
         rows = []
         runs = [(*_model_precision(m, p), j, v) for m in args.models
                 for p in (args.precision if "@" not in m else [None]) for v in args.variants for j in args.jobs]
-        for i, (name, precision, jobs, variant) in enumerate(runs):
+        for i, (name, precision, overlap, jobs, variant) in enumerate(runs):
             s = Settings(**{"model": name, "device": args.device, "threads": args.threads, "compile": args.compile,
-                            "precision": precision} | variant_settings(variant))
+                            "precision": precision} | variant_settings(variant)
+                         | ({} if overlap is None else {"overlap": overlap}))
             row = run_one(tmp / "shoot", tmp / f"out{i}", s, _pool(jobs, args.ray), args.repeat)
-            row["label"] = f"{name} {s.precision}" + (f" {variant}" if len(args.variants) > 1 else "")
+            row["label"] = f"{name} {s.precision} overlap {s.overlap}" + (f" {variant}" if len(args.variants) > 1 else "")
             row["variant"] = variant
             if len(args.jobs) > 1 or args.ray:
                 row["jobs"] = jobs
-                first = runs.index((name, precision, args.jobs[0], variant))
+                first = runs.index((name, precision, overlap, args.jobs[0], variant))
                 row["identical_to_first"] = _same(tmp / f"out{first}", tmp / f"out{i}")
                 row["label"] += f" x{jobs} {'actors' if args.ray else 'jobs'}"
             rows.append(row)
@@ -250,10 +251,12 @@ def metadata_seconds(src: Path, quality: int) -> dict:
                                    metadata.clean_xmp(photo.xmp, 2 * w, 2 * h)))}
 
 
-def _model_precision(entry: str, precision: str | None) -> tuple[str, str]:
-    """``NAME`` (in ``precision``) or ``NAME@PRECISION``."""
+def _model_precision(entry: str, precision: str | None) -> tuple[str, str, int | None]:
+    """``NAME`` (in ``precision``) or ``NAME@PRECISION``, either with ``+ovN``: tiles overlapping
+    by N input pixels (a default of an earlier version, e.g. ``srpie-x2@float32+ov24``)."""
+    entry, _, ov = entry.partition("+ov")
     name, _, own = entry.partition("@")
-    return name, own or precision
+    return name, own or precision, int(ov) if ov else None
 
 
 def _score(tmp: Path, rows: list[dict], args) -> None:

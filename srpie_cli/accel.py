@@ -48,6 +48,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from srpie_cli.model import Upscaler
+
 
 class Prepared(nn.Module):
     """A network ready for inference.
@@ -62,17 +64,20 @@ class Prepared(nn.Module):
     """
 
     def __init__(self, model: nn.Module, compiled: Callable | None, split: bool,
-                 on_fallback: Callable[[str], None] | None = None, bf16: bool = False):
+                 on_fallback: Callable[[str], None] | None = None, bf16: bool = False,
+                 upscaler: Prepared | None = None):
         super().__init__()
         self.model = model
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: the weights are the model's
+        object.__setattr__(self, "upscaler", upscaler)
         self.split = split
         self.on_fallback = on_fallback
         self.bf16 = bf16
 
     def eager(self) -> Prepared:
         """The same network and precision without the compiled form (a tile shape of its own)."""
-        return Prepared(self.model, None, self.split, self.on_fallback, self.bf16)
+        up = self.upscaler.eager() if self.upscaler is not None else None
+        return Prepared(self.model, None, self.split, self.on_fallback, self.bf16, up)
 
     @property
     def scale(self) -> int:
@@ -141,6 +146,11 @@ def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bo
         threads: intra-op threads for the CPU (None: PyTorch's default, one per core).
         on_fallback: told why when compiling is skipped or fails and eager runs instead.
         bf16: run in bfloat16 (see the module docstring; the caller checks ``bf16_support``).
+
+    A network with a global look also gets ``upscaler``: the same network without its look
+    (``model.Upscaler``), prepared the same way, which ``tiling.upscale`` runs tile by tile
+    after applying the look to the whole photo once. torch.compile compiles on the first
+    call, so only the form that runs costs a compilation.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -149,14 +159,22 @@ def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bo
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every tile has the same shape: autotune once
     want = device.type == "cpu" if compile is None else compile
-    compiled = None
+    net = None
     if want:
         reason = can_compile(device)
         if reason is None:
-            # freezing: weights are constants (prepacked convolutions, folded layout changes);
-            # dynamic=False: one graph per tile shape, and tiles all share one shape
             net = copy.deepcopy(model).to(torch.bfloat16) if bf16 else model
-            compiled = torch.compile(net, dynamic=False, options={"freezing": True})
         elif on_fallback:
             on_fallback(f"not compiling: {reason}")
-    return Prepared(model, compiled, split=device.type == "cpu", on_fallback=on_fallback, bf16=bf16)
+    split = device.type == "cpu"
+    upscaler = None
+    if getattr(model, "global_look", None) is not None:
+        upscaler = Prepared(Upscaler(model), _compiled(Upscaler(net)) if net is not None else None, split,
+                            on_fallback, bf16)
+    return Prepared(model, _compiled(net) if net is not None else None, split, on_fallback, bf16, upscaler)
+
+
+def _compiled(net: nn.Module) -> Callable:
+    # freezing: weights are constants (prepacked convolutions, folded layout changes);
+    # dynamic=False: one graph per tile shape, and tiles all share one shape
+    return torch.compile(net, dynamic=False, options={"freezing": True})

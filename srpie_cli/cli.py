@@ -799,8 +799,12 @@ def train_look(
                                                   help="Share of synthetic samples left undamaged.")] = defaults.LOOK_CLEAN_FRACTION,
     exclude: Annotated[Optional[list[str]], typer.Option(metavar="NAME", rich_help_panel=ADVANCED,
                                                          help="A pair never trained on (k-fold); repeatable.")] = None,
-    tone_steps: Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=ADVANCED,
-                                            help="Steps of the tone stage.")] = defaults.LOOK_TONE_STEPS,
+    tone_steps: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
+                                            help="Steps of the tone stage (0: keep the --init model's).")
+                          ] = defaults.LOOK_TONE_STEPS,
+    denoise_steps: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
+                                               help="Steps of the tone stage's denoiser, trained last on the "
+                                               "--tone-pairs (0: none).")] = 0,
     dark: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
                                         help="Share of the tone stage's photos made dark, noisy frames.")
                     ] = defaults.LOOK_DARK,
@@ -824,7 +828,7 @@ def train_look(
         torch.set_num_threads(threads)
     cfg = LookConfig(photos=photos or [], pairs=pairs or [], holdout=holdout, exclude=exclude or [], steps=steps,
                      pair_fraction=pair_fraction, clean_fraction=clean_fraction, tone_pairs=tone_pairs or [],
-                     tone_steps=tone_steps, dark=dark, cast=cast, seed=seed)
+                     tone_steps=tone_steps, denoise_steps=denoise_steps, dark=dark, cast=cast, seed=seed)
     command = "srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         meta = make_model(cfg, init, out_path, command, val or [], log=lambda m: err.print(m, highlight=False))

@@ -231,39 +231,26 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
 
 
-BAND_MARGIN = 16  # rows each band of a --scale 1 look borrows from its neighbours (the tone stage blurs 6)
-
-
 def at_scale(model, x, scale: int, opts, **kw):
     """The output at ``scale``: the model's own (``tiling.upscale``), or 1: the look alone at
-    the input's size. A global look (``model.GlobalLook``) is applied directly, a band of rows
-    at a time, with the coefficients of the whole photo; another model's look is its 2x
-    output downscaled (antialiased), the same look at a quarter of the pixels written."""
+    the input's size. A global look (``model.GlobalLook``) is applied directly
+    (``tiling.apply_look``); another model's look is its 2x output downscaled (antialiased),
+    the same look at a quarter of the pixels written."""
     import torch
     import torch.nn.functional as F
 
-    from srpie_cli.model import context_thumbnail
-    from srpie_cli.tiling import upscale
+    from srpie_cli.tiling import apply_look, look_first, upscale
 
     if scale == model.scale:
         return upscale(model, x, opts, **kw)
     if scale != 1:
         raise SrpieError(f"--scale {scale}: this model writes x{model.scale} or, with --scale 1, the input's size")
-    net = getattr(model, "model", model)  # inside accel.Prepared
-    look = getattr(net, "global_look", None)
+    look = look_first(model)[1]
     if look is None:
         y = upscale(model, x, opts, **kw)
         return F.interpolate(y, size=x.shape[-2:], mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-    device = next(net.parameters()).device
     with torch.inference_mode():
-        settings = look.settings(context_thumbnail(x).to(device))
-        y = torch.empty_like(x)
-        h, margin = x.shape[-2], BAND_MARGIN
-        for r in range(0, h, 256):  # 13 terms a pixel: a band at a time, not the whole photo
-            a, b = max(r - margin, 0), min(r + 256 + margin, h)  # the tone stage's blur sees across
-            band = look.with_settings(x[..., a:b, :].to(device), *settings).float().to(x.device)
-            y[..., r:r + 256, :] = band[..., r - a:r - a + min(256, h - r), :]
-    return y
+        return apply_look(look, x)
 
 
 def fills_tile(size: tuple[int, int], tile: int | None, overlap: int) -> bool:

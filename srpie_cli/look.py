@@ -55,6 +55,7 @@ class LookConfig:
     dark: float = defaults.LOOK_DARK  # share of the tone stage's photos damaged (``tone_damage``)
     tone_cast: float = defaults.LOOK_TONE_CAST  # strongest cast on the tone stage's synthetic dark frames
     tone_side: int = defaults.LOOK_TONE_SIDE  # the tone stage's photos' long side: noise is pixel-sized
+    denoise_steps: int = 0  # the tone stage's denoiser's steps, after the tone stage's (0: no denoiser)
     seed: int = 0
 
 
@@ -157,21 +158,34 @@ def sample(rng: np.random.Generator, photos: list[np.ndarray], pairs: list, cfg:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), t, torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
 
+def l1_ssim(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """L1 plus ``defaults.LOOK_DENOISE_SSIM`` times (1 - MS-SSIM over 3 scales): the structure
+    a denoiser keeps or smears, which L1 alone weighs little (Zhao et al. 2017 mix the two)."""
+    from srpie_cli.losses import ms_ssim
+
+    return F.l1_loss(out, gt) + defaults.LOOK_DENOISE_SSIM * (1 - ms_ssim(out.clamp(0, 1), gt, max_scales=3))
+
+
 def fit(look: GlobalLook, params: list, steps: int, draw: Callable[[], tuple], lr: float, log: Callable[[str], None],
-        what: str) -> None:
-    """``steps`` of Adam (cosine-decayed ``lr``) on the L1 loss of ``look`` over batches from ``draw``."""
+        what: str, loss_fn: Callable = F.l1_loss, every: Callable[[int], None] | None = None) -> None:
+    """``steps`` of Adam (cosine-decayed ``lr``) on ``loss_fn`` (L1) of ``look`` over batches
+    from ``draw``; ``every(step)`` is called every 250 steps, in eval mode (a checkpoint)."""
     look.train()
     opt = torch.optim.Adam(params, lr=lr)
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         xs, ts, ys = draw()
-        loss = F.l1_loss(look(torch.stack(xs).permute(0, 3, 1, 2), torch.stack(ts)), torch.stack(ys).permute(0, 3, 1, 2))
+        loss = loss_fn(look(torch.stack(xs).permute(0, 3, 1, 2), torch.stack(ts)), torch.stack(ys).permute(0, 3, 1, 2))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 250 == 0:
             log(f"{what} step {step + 1}/{steps} loss {loss.item():.4f}")
+            if every is not None:
+                look.eval()
+                every(step + 1)
+                look.train()
     look.eval()
 
 
@@ -179,10 +193,13 @@ def load_photos(folders: list[Path], side: int) -> list[np.ndarray]:
     return [to_float(shrink(load_rgb(p), side)) for f in folders for p in list_images(f)]
 
 
-def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: GlobalLook | None = None) -> GlobalLook:
+def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: GlobalLook | None = None,
+               every: Callable[[GlobalLook, int], None] | None = None) -> GlobalLook:
     """Train a GlobalLook and return it in eval mode: its colour mapping from the identity
     on ``cfg.pairs`` and ``cfg.photos`` (``retouch_damage``), unless ``look`` is given (kept
-    as it is); then, with ``cfg.tone_pairs``, its tone stage (``train_tone``)."""
+    as it is); then, with ``cfg.tone_pairs``, its tone stage (``train_tone``; with
+    ``cfg.tone_steps`` 0 ``look``'s own is kept) and, with ``cfg.denoise_steps``, the tone
+    stage's denoiser (``train_denoiser``; ``every(look, step)``: its checkpoints)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     photos = load_photos(cfg.photos, cfg.side)
@@ -197,7 +214,10 @@ def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: Global
     if cfg.tone_pairs:
         if cfg.tone_side != cfg.side:
             photos = load_photos(cfg.photos, cfg.tone_side)
-        look = train_tone(cfg, look, photos, rng, log)
+        if cfg.tone_steps:
+            look = train_tone(cfg, look, photos, rng, log)
+        if cfg.denoise_steps:
+            look = train_denoiser(cfg, look, photos, rng, log, every)
     return look.eval()
 
 
@@ -226,6 +246,47 @@ def train_tone(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], rng:
     return toned
 
 
+def train_denoiser(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], rng: np.random.Generator,
+                   log: Callable[[str], None], every: Callable[[GlobalLook, int], None] | None = None) -> GlobalLook:
+    """``look`` (with a trained tone stage) with its denoiser (``model.DarkDenoiser``) trained
+    in front of everything else, which stays as it was: on dark frames only (the denoiser's
+    residual is gated off elsewhere), ``cfg.tone_pairs`` at their own size and at half of it
+    (noise a 2x downscale has averaged, as a smaller camera file has), and a share
+    ``cfg.dark`` of the good photos under ``tone_damage``; loss ``l1_ssim``."""
+    if not look.tone:
+        raise SrpieError("the denoiser is trained on a tone stage: train the tone stage first (--tone-steps)")
+    full = load_pairs(cfg.tone_pairs, 10**6, set(cfg.exclude), cfg.holdout)
+    half = [[(n, shrink_float(b), shrink_float(a)) for n, b, a in group] for group in full]
+    pairs = [g for g in full + half if g]
+    if not pairs:
+        raise SrpieError("no tone pairs to train the denoiser on")
+    noisy = GlobalLook(tone=True, denoise=True)
+    noisy.load_state_dict(look.state_dict(), strict=False)  # all but the denoiser, which starts silent
+    for p in noisy.parameters():
+        p.requires_grad_(False)
+    params = list(noisy.denoiser.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    dn_cfg = replace(cfg, pair_fraction=1 - cfg.dark if photos else 1.0, clean_fraction=0.0)
+    fit(noisy, params, cfg.denoise_steps,
+        lambda: zip(*(sample(rng, photos, pairs, dn_cfg, lambda r: tone_damage(r, cfg.tone_cast))
+                      for _ in range(cfg.batch_size))), defaults.LOOK_DENOISE_LR, log, "denoise", loss_fn=l1_ssim,
+        every=None if every is None else lambda step: every(noisy, step))
+    for p in noisy.parameters():
+        p.requires_grad_(True)
+    return noisy
+
+
+def shrink_float(img: np.ndarray) -> np.ndarray:
+    """A float image at half its size (antialiased), as the benchmarks shrink their inputs."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c], dtype=np.float32), mode="F")
+                        .resize((w // 2, h // 2), Image.Resampling.BICUBIC, reducing_gap=None)) for c in range(3)]
+    return np.clip(np.stack(chans, axis=-1), 0, 1)
+
+
 @torch.no_grad()
 def apply_look(look: GlobalLook, img: np.ndarray) -> np.ndarray:
     x = to_tensor(np.ascontiguousarray(img, dtype=np.float32))
@@ -234,7 +295,7 @@ def apply_look(look: GlobalLook, img: np.ndarray) -> np.ndarray:
 
 def attach(upscaler: DeepSRPIE, look: GlobalLook) -> DeepSRPIE:
     """``upscaler`` with ``look`` in front: a joint model whose strength 0 is the upscaler."""
-    model = DeepSRPIE(replace(upscaler.cfg, global_look=True, look_tone=look.tone))
+    model = DeepSRPIE(replace(upscaler.cfg, global_look=True, look_tone=look.tone, look_denoise=look.denoiser is not None))
     state = upscaler.state_dict()
     state.update({"global_look." + k: v for k, v in look.state_dict().items()})
     model.load_state_dict(state)
@@ -265,7 +326,8 @@ def score(model: DeepSRPIE, cfg: LookConfig, sr_sets: list[Path]) -> dict:
 def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: list[Path],
                log: Callable[[str], None] = print) -> dict:
     """Train the look, put it in front of ``init``'s upscaler, score it and write ``out``.
-    Where ``init`` has a look already, that look is kept and only its tone stage trained."""
+    Where ``init`` has a look already, that look is kept and only its tone stage trained (or,
+    with ``cfg.tone_steps`` 0, its tone stage kept too and only the denoiser trained)."""
     import time
 
     from srpie_cli.weights import load_model, save_weights
@@ -277,6 +339,8 @@ def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: lis
     kept = upscaler.global_look
     if kept is not None and not cfg.tone_pairs:
         raise SrpieError(f"{init} has a look already: give tone pairs to train its tone stage, or start from its upscaler")
+    if kept is not None and not cfg.tone_steps and not kept.tone:
+        raise SrpieError(f"{init}'s look has no tone stage to keep: give --tone-steps")
     look = train_look(cfg, log, look=kept)
     model = attach(upscaler, look)
     seconds = time.time() - t

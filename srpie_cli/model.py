@@ -76,6 +76,7 @@ class SRPIEConfig:
     look_width: int = 0  # with own_look_input, that feature's width (0: width): a look from another preset
     global_look: bool = False  # one colour mapping per photo, set from its thumbnail (GlobalLook)
     look_tone: bool = False  # the global look also sets an exposure and noise reduction (GlobalLook's tone stage)
+    look_denoise: bool = False  # the tone stage also runs a small denoising network on frames it lifts (DarkDenoiser)
     gf_radius: int = 2  # guided filter box radius for the base layer
     gf_eps: float = 1e-2  # guided filter regulariser
 
@@ -94,7 +95,7 @@ class SRPIEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pe_widths"] = list(self.pe_widths)
-        for key in ("look_width", "global_look", "look_tone"):
+        for key in ("look_width", "global_look", "look_tone", "look_denoise"):
             if not d[key]:
                 del d[key]  # the usual case: a file that earlier srpie versions can read too
         return d
@@ -446,6 +447,9 @@ LEVEL_STATS = 6
 # the stage take 2.4 dB from a dim FiveK frame (mean 0.142) in a k-fold (weights/README.md).
 DARK_MEAN = 0.09
 DARK_GATE_SLOPE = 10.0  # per stop
+# Below this gate (a mean luma above about 0.14) inference skips the tone stage: its exposure
+# and noise reduction are then under a thousandth of their strength (``photo_settings``)
+TONE_OFF = 1e-3
 
 
 def level_stats(thumb: torch.Tensor) -> torch.Tensor:
@@ -459,6 +463,35 @@ def level_stats(thumb: torch.Tensor) -> torch.Tensor:
     rgb = t.mean((2, 3)) + 1e-3
     levels = torch.log2(torch.cat([luma.mean(1, keepdim=True), q], dim=1) + 1e-3)
     return torch.cat([levels, torch.log2(rgb[:, 0::2] / rgb[:, 1:2])], dim=1).to(thumb.dtype)
+
+
+class DarkDenoiser(nn.Module):
+    """The tone stage's denoiser: a small residual CNN (``depth`` 3x3 convolutions, a 5 px
+    radius: tiles and bands still join) on a frame the tone stage has lifted, told how far it
+    was lifted (the stage's settings, as constant input planes). Its residual is scaled by the
+    dark gate (``GlobalLook``), so a photo that is not dark is left exactly as it was; its last
+    layer starts at zero, so a tone stage gains it without changing until it is trained
+    (``look.train_denoiser``). The blur blend of ``tone`` cannot tell noise from texture; this
+    can, from the frames it is trained on (LOL's real low-light noise and ``degrade.dark_frame``)."""
+
+    def __init__(self, width: int = 24, depth: int = 5):
+        super().__init__()
+        layers: list[nn.Module] = [conv(3 + TONE_TERMS, width, 3), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [conv(width, width, 3), nn.ReLU()]
+        layers.append(conv(width, 3, 3))
+        for c in layers[::2]:  # the photo's edge repeated, not black: it runs on whole photos (tiling.apply_look)
+            c.padding_mode = "replicate"
+        self.body = nn.Sequential(*layers)
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """``x`` after the tone stage, ``t`` its N x 3 settings, ``gate`` N (0: not dark)."""
+        n, _, h, w = x.shape
+        cond = torch.stack([t[:, 0].clamp(-3, 6) / 6, t[:, 1].clamp(0, 1), t[:, 2].clamp(0, 1)], dim=1)
+        planes = cond.to(x.dtype).view(-1, TONE_TERMS, 1, 1).expand(n, -1, h, w)
+        return x + gate.to(x.dtype).view(-1, 1, 1, 1) * self.body(torch.cat([x, planes], dim=1))
 
 
 class GlobalLook(nn.Module):
@@ -479,14 +512,17 @@ class GlobalLook(nn.Module):
     polynomial's head, which it leaves as it was (``look.train_tone``); it too starts as the
     identity."""
 
-    def __init__(self, width: int = 32, tone: bool = False):
+    def __init__(self, width: int = 32, tone: bool = False, denoise: bool = False):
         super().__init__()
+        if denoise and not tone:
+            raise ValueError("the denoiser is part of the tone stage: denoise needs tone")
         self.body = nn.Sequential(conv(3, 16, 3, stride=2), nn.ReLU(), conv(16, width, 3, stride=2), nn.ReLU(),
                                   conv(width, 2 * width, 3, stride=2), nn.ReLU(),
                                   conv(2 * width, 2 * width, 3, stride=2), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.ReLU(), nn.Linear(2 * width, 3 * POLY_TERMS))
         self.tone_head = nn.Sequential(nn.Linear(4 * width + LEVEL_STATS, 2 * width), nn.ReLU(),
                                        nn.Linear(2 * width, TONE_TERMS + 3 * POLY_TERMS)) if tone else None
+        self.denoiser = DarkDenoiser() if denoise else None
         for last in (self.head[-1],) + ((self.tone_head[-1],) if tone else ()):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -497,7 +533,9 @@ class GlobalLook(nn.Module):
         return self.tone_head is not None
 
     def settings(self, thumb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N x 3 x 13 polynomial coefficients, N x 3 tone settings or None) for N thumbnails."""
+        """(N x 3 x 13 polynomial coefficients, tone settings or None) for N thumbnails. The
+        tone settings are N x 4: exposure and the two noise reductions (``tone``), gated, and
+        the dark gate itself (1: a frame taken in near darkness, 0: not dark)."""
         f = self.body(thumb)
         f = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
         poly = self.identity + self.head(f).view(-1, 3, POLY_TERMS)
@@ -506,7 +544,16 @@ class GlobalLook(nn.Module):
         levels = level_stats(thumb)
         gate = torch.sigmoid(DARK_GATE_SLOPE * (math.log2(DARK_MEAN) - levels[:, :1]))
         t = self.tone_head(torch.cat([f, levels], dim=1)) * gate
-        return poly + t[:, TONE_TERMS:].view(-1, 3, POLY_TERMS), t[:, :TONE_TERMS]
+        return poly + t[:, TONE_TERMS:].view(-1, 3, POLY_TERMS), torch.cat([t[:, :TONE_TERMS], gate], dim=1)
+
+    @torch.no_grad()
+    def photo_settings(self, thumb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``settings`` for inference on one photo: the tone stage dropped (None) where its gate
+        is below ``TONE_OFF``, so a photo that is not dark skips its arithmetic."""
+        poly, t = self.settings(thumb)
+        if t is not None and float(t[:, TONE_TERMS].max()) < TONE_OFF:
+            t = None
+        return poly, t
 
     def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:
         """N x 3 x 13 for N thumbnails (N x 3 x 64 x 64)."""
@@ -518,7 +565,10 @@ class GlobalLook(nn.Module):
     def with_settings(self, x: torch.Tensor, poly: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
         """The look with its ``settings`` (of the whole photo) on ``x``: a tile or band of it."""
         if t is not None:
-            x = tone(x, t.to(x.dtype).expand(x.shape[0], -1))
+            t = t.to(x.dtype).expand(x.shape[0], -1)
+            x = tone(x, t[:, :TONE_TERMS])
+            if self.denoiser is not None:
+                x = self.denoiser(x, t[:, :TONE_TERMS], t[:, TONE_TERMS])
         return self.map(x, poly)
 
     @staticmethod
@@ -607,7 +657,9 @@ class DeepSRPIE(nn.Module):
         self.context = GlobalContext(cfg.pe_widths[2]) if cfg.global_context else None
         if cfg.look_tone and not cfg.global_look:
             raise ValueError("look_tone needs global_look")
-        self.global_look = GlobalLook(tone=cfg.look_tone) if cfg.global_look else None
+        if cfg.look_denoise and not cfg.look_tone:
+            raise ValueError("look_denoise needs look_tone")
+        self.global_look = GlobalLook(tone=cfg.look_tone, denoise=cfg.look_denoise) if cfg.global_look else None
         if cfg.du_features and not cfg.dunet:
             raise ValueError("du_features needs DUNet (dunet=True)")
         self.up = (DUNet(cfg.scale, cfg.du_width, zero_init=cfg.global_skip,
@@ -625,6 +677,10 @@ class DeepSRPIE(nn.Module):
         input before anything else sees them."""
         if self.global_look is not None:
             x = self.global_look(x, context_thumbnail(x) if context is None else context)
+        return self.after_look(x, context)
+
+    def after_look(self, x, context=None):
+        """Everything but the global look: the upscaler and PENet on ``x`` as the look left it."""
         x_id = decompose(x, self.cfg.gf_radius, self.cfg.gf_eps)
         h_x = self.h(x)
         mbf, feat = self.mbfnet(x, x_id, h_x)
@@ -637,6 +693,25 @@ class DeepSRPIE(nn.Module):
         if self.cfg.global_skip:
             y = y + upsample_bicubic(pe, self.cfg.scale)
         return y
+
+
+class Upscaler(nn.Module):
+    """``net`` without its global look (``DeepSRPIE.after_look``): what runs tile by tile once
+    the look has been applied to the whole photo (``tiling.apply_look``). The look is one
+    mapping per photo: applied once, it is not recomputed in every tile and its overlaps, and a
+    photo that is not dark skips the tone stage (``GlobalLook.photo_settings``)."""
+
+    def __init__(self, net: DeepSRPIE):
+        super().__init__()
+        self.net = net
+        self.cfg = replace(net.cfg, global_look=False, look_tone=False, look_denoise=False)
+
+    @property
+    def scale(self) -> int:
+        return self.net.scale
+
+    def forward(self, x, context=None):
+        return self.net.after_look(x, context)
 
 
 def _rebuilt(model: DeepSRPIE, state: dict | None = None, **changes) -> DeepSRPIE:
@@ -709,8 +784,9 @@ def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
     with torch.no_grad():
         if model.global_look is not None:  # its coefficients are identity + the head's output
             look = model.global_look
-            for last in (look.head[-1],) + ((look.tone_head[-1],) if look.tone else ()):
-                last.weight.mul_(strength)  # the tone head's settings are 0 at the identity
+            lasts = (look.head[-1],) + ((look.tone_head[-1],) if look.tone else ())
+            for last in lasts + ((look.denoiser.body[-1],) if look.denoiser is not None else ()):
+                last.weight.mul_(strength)  # the tone head's settings and the denoiser's residual are 0 at the identity
                 last.bias.mul_(strength)
         if model.global_look is None or model.cfg.own_look_input:  # PENet is a look, not the upscaler's
             last = model.penet.stage9

@@ -214,6 +214,10 @@ def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions()
     when ``opts.tta`` (a second output-sized buffer). ``on_tile(done, total)``: progress in
     tiles, the four flips counted as one run."""
     device = next(model.parameters()).device
+    model, look = look_first(model)
+    if look is not None:
+        with torch.inference_mode():
+            x = apply_look(look, x)
     tile = opts.tile
     while True:
         try:
@@ -229,6 +233,40 @@ def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions()
         tile = size // 2
         if on_retry:
             on_retry(f"CUDA out of memory; retrying with {tile}px tiles")
+
+
+def look_first(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """(what runs tile by tile, the global look to apply to the whole photo first or None).
+    A network with a global look (``model.GlobalLook``) runs as its ``Upscaler`` (within
+    ``accel.Prepared``: its prepared ``upscaler``), the look once per photo (``apply_look``)."""
+    from srpie_cli.model import Upscaler
+
+    net = getattr(model, "model", model)  # inside accel.Prepared
+    look = getattr(net, "global_look", None)
+    if look is None:
+        return model, None
+    up = getattr(model, "upscaler", None)
+    return (up if up is not None else Upscaler(net)), look
+
+
+BAND = 256  # rows of a photo the global look maps at a time (13 polynomial terms a pixel)
+BAND_MARGIN = 16  # rows each band borrows from its neighbours (the tone stage reaches 11)
+
+
+def apply_look(look: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The global look (``model.GlobalLook``) on the whole of ``x`` (1 x 3 x H x W, where it
+    is), with the settings of the whole photo (``photo_settings``: the tone stage skipped on a
+    photo that is not dark), a band of rows at a time on the look's device, in float32; a new
+    tensor where ``x`` is. The tone stage's blur and denoiser see across bands."""
+    device = next(look.parameters()).device
+    poly, t = look.photo_settings(context_thumbnail(x).to(device, torch.float32))
+    y = torch.empty_like(x)
+    h = x.shape[-2]
+    for r in range(0, h, BAND):
+        a, b = max(r - BAND_MARGIN, 0), min(r + BAND + BAND_MARGIN, h)
+        band = look.with_settings(x[..., a:b, :].to(device, torch.float32), poly, t)
+        y[..., r:r + BAND, :] = band[..., r - a:r - a + min(BAND, h - r), :].to(x.device, x.dtype)
+    return y
 
 
 def _ensemble(model: nn.Module, x: torch.Tensor, tile: int, opts: TileOptions,

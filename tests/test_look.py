@@ -182,7 +182,8 @@ def test_a_tone_look_keeps_strength_and_tiles_and_its_config_round_trips():
     poly, full = joint.global_look.settings(thumb)
     with_strength(joint, 0.5)
     half_poly, half = joint.global_look.settings(thumb)
-    assert torch.allclose(half, 0.5 * full, atol=1e-6)  # half the exposure and noise reduction
+    assert torch.allclose(half[:, :3], 0.5 * full[:, :3], atol=1e-6)  # half the exposure and noise reduction
+    assert torch.equal(half[:, 3], full[:, 3])  # the dark gate: how dark the photo is, not a setting
     ident = identity_polynomial()
     assert torch.allclose(half_poly, ident + 0.5 * (poly - ident), atol=1e-6)
 
@@ -261,3 +262,69 @@ def test_the_noise_reductions_amount_learns_back_from_below_zero():
     assert torch.allclose(out, tone(noisy, torch.zeros(1, 3)))  # below 0: no noise reduction
     F.l1_loss(out, torch.full_like(noisy, 0.3)).backward()
     assert t.grad[0, 1] < 0 and t.grad[0, 2] < 0  # towards more smoothing, against a clean target
+
+
+def _denoising(settings) -> GlobalLook:
+    """``_toned``'s look with a denoiser whose residual is not zero."""
+    look = GlobalLook(tone=True, denoise=True)
+    look.load_state_dict(_toned(settings).state_dict(), strict=False)
+    torch.nn.init.normal_(look.denoiser.body[-1].weight, std=0.05)
+    return look.eval()
+
+
+def test_the_denoiser_starts_silent_acts_on_dark_frames_only_and_follows_the_strength():
+    toned = _toned([2.0, 0.5, 0.5]).eval()
+    silent = GlobalLook(tone=True, denoise=True)
+    silent.load_state_dict(toned.state_dict(), strict=False)
+    dark = torch.rand(1, 3, 40, 48) * 0.06
+    bright = 0.3 + 0.5 * torch.rand(1, 3, 40, 48)
+    with torch.no_grad():
+        assert torch.equal(silent.eval()(dark, _thumb_of(dark)), toned(dark, _thumb_of(dark)))
+        look = _denoising([2.0, 0.5, 0.5])
+        assert (look(dark, _thumb_of(dark)) - toned(dark, _thumb_of(dark))).abs().mean() > 1e-3
+        assert (look(bright, _thumb_of(bright)) - toned(bright, _thumb_of(bright))).abs().max() < 1e-4  # gated off
+    joint = attach(perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(), look)
+    assert joint.cfg.look_denoise and SRPIEConfig.from_dict(joint.cfg.to_dict()) == joint.cfg
+    with_strength(joint, 0.0)
+    with torch.no_grad():
+        assert torch.allclose(joint.global_look(dark, _thumb_of(dark)), dark, atol=3e-4)  # strength 0: nothing (tone floors at 1e-8 linear)
+    with pytest.raises(ValueError, match="look_denoise"):
+        DeepSRPIE(SRPIEConfig(global_look=True, look_denoise=True))
+
+
+def test_the_look_runs_once_on_the_whole_photo_then_the_upscaler_tile_by_tile():
+    """tiling.upscale applies a global look to the whole photo first and tiles the network
+    after it (model.Upscaler): what the network gave with its look in every tile (run_tiled of
+    the whole network), but within the denoiser's reach of the photo's edge, and the same
+    through accel.prepare."""
+    from srpie_cli.accel import prepare
+    from srpie_cli.tiling import TileOptions, run_tiled, upscale
+
+    joint = attach(perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval(),
+                   _denoising([2.5, 0.6, 0.4]))
+    x = torch.rand(1, 3, 120, 72) * 0.05  # dark: tone stage and denoiser at work
+    per_tile = run_tiled(joint, x, 2, 0, 16).clamp(0, 1)
+    whole = upscale(joint, x, TileOptions(tile=0, overlap=16))
+    inner = (slice(None), slice(None), slice(12, -12), slice(12, -12))
+    assert (whole - per_tile)[inner].abs().max() < 1e-4 < (whole - x.repeat_interleave(2, -1).repeat_interleave(2, -2)).abs().max()
+    tiled = upscale(joint, x, TileOptions(tile=48, overlap=16))
+    assert psnr(tiled[0].permute(1, 2, 0).numpy(), whole[0].permute(1, 2, 0).numpy()) > 40
+    prepared = prepare(joint, "cpu", compile=False)
+    assert prepared.upscaler is not None and not prepared.upscaler.model.cfg.global_look
+    assert torch.allclose(upscale(prepared, x, TileOptions(tile=48, overlap=16)), tiled, atol=1e-5)
+
+
+def test_a_photo_that_is_not_dark_skips_the_tone_stage_at_inference():
+    """photo_settings drops the tone stage where its gate is below TONE_OFF; what it would have
+    done there is well under a level."""
+    from srpie_cli.model import TONE_OFF
+
+    look = _denoising([6.0, 1.0, 1.0])  # the strongest lift and noise reduction the head can ask
+    bright = 0.15 + 0.7 * torch.rand(1, 3, 64, 64)
+    dark = torch.rand(1, 3, 64, 64) * 0.06
+    with torch.no_grad():
+        poly, t = look.settings(_thumb_of(bright))
+        assert float(t[0, 3]) < TONE_OFF and look.photo_settings(_thumb_of(bright))[1] is None
+        skipped = look.with_settings(bright, poly, None)
+        assert (skipped - look.with_settings(bright, poly, t)).abs().max() < 0.5 / 255
+        assert look.photo_settings(_thumb_of(dark))[1] is not None
