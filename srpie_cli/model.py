@@ -616,9 +616,18 @@ class DUNet(nn.Module):
             x = torch.cat([x, feat], dim=1)
         t1, t2, t3 = self.top1(x).chunk(3, dim=1)
         b1, b2, b3 = self.bot1(x).chunk(3, dim=1)
-        t = self.shuffle(torch.cat([self.top2(torch.cat([t1, b2], dim=1)), t3], dim=1))
-        b = self.shuffle(torch.cat([self.bot2(torch.cat([b1, t2], dim=1)), b3], dim=1))
-        return self.fuse(torch.cat([t, b], dim=1))
+        t = torch.cat([self.top2(torch.cat([t1, b2], dim=1)), t3], dim=1)
+        b = torch.cat([self.bot2(torch.cat([b1, t2], dim=1)), b3], dim=1)
+        # fuse(cat(shuffle(t), shuffle(b))) computed as shuffle(conv(cat(t, b))): a 1x1 conv
+        # commutes with the pixel shuffle when it acts on each sub-pixel position alike, so
+        # the fusing weights W become kron(W, I) at the low resolution (the same numbers, but
+        # the 2x feature maps are never made: 4% of srpie-x2-fast's time a tile)
+        s2 = self.shuffle.upscale_factor ** 2
+        w, p = self.fuse.weight[:, :, 0, 0], self.p
+        eye = torch.eye(s2, dtype=w.dtype, device=w.device)
+        w = torch.cat([torch.kron(w[:, :p], eye), torch.kron(w[:, p:], eye)], dim=1)
+        y = F.conv2d(torch.cat([t, b], dim=1), w[:, :, None, None], self.fuse.bias.repeat_interleave(s2))
+        return self.shuffle(y)
 
 
 class PixelShuffleHead(nn.Module):
@@ -805,7 +814,28 @@ def wants_context(model: nn.Module) -> bool:
 
 def upsample_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic upsampling with replicated borders (align_corners=False, as Pillow/MATLAB)."""
+    if scale == 2:
+        return _bicubic2x(_bicubic2x(x, -1), -2)
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+# Keys' cubic (a = -0.75, as PyTorch) at a 2x output pixel's distances to its four inputs:
+# pixel 2i sits at i - 1/4 (inputs i-2 .. i+1), pixel 2i + 1 at i + 1/4 (i-1 .. i+2)
+BICUBIC2X_EVEN = (-0.03515625, 0.26171875, 0.87890625, -0.10546875)
+
+
+def _bicubic2x(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """F.interpolate's bicubic 2x along one axis (-1 or -2), as sums of shifted slices: the
+    same numbers, but a compiled graph fuses them into one loop, where the general
+    interpolation gathers 16 clamped indices a pixel (4% of srpie-x2-fast's time a tile)."""
+    n = x.shape[dim]
+    p = F.pad(x, (2, 2, 0, 0) if dim == -1 else (0, 0, 2, 2), mode="replicate")
+    s = [p.narrow(dim, k, n) for k in range(5)]  # s[k][i] = x[i + k - 2], borders repeated
+    a, b, c, d = BICUBIC2X_EVEN
+    even = a * s[0] + b * s[1] + c * s[2] + d * s[3]
+    odd = d * s[1] + c * s[2] + b * s[3] + a * s[4]
+    both = torch.stack([even, odd], dim=dim)  # ..., n, 2 (dim -1) or ..., n, 2, W (dim -2)
+    return both.flatten(-2) if dim == -1 else both.flatten(-3, -2)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -253,3 +253,31 @@ def test_a_look_from_the_fast_preset_keeps_its_size_on_the_paper_upscaler(tmp_pa
     # a look width is only meaningful where PENet has a shallow feature of its own
     with pytest.raises(ValueError, match="own_look_input"):
         DeepSRPIE(config_for("paper", look_width=32))
+
+
+def test_the_2x_bicubic_and_dunets_fused_output_compute_what_they_stand_for():
+    """Two rewrites for speed that must not change a number: the bicubic 2x of the image skip
+    as shifted slices (F.interpolate's, borders repeated), and DUNet's 1x1 fusion applied
+    before the pixel shuffle (kron(W, I)) instead of after it."""
+    import torch.nn.functional as F
+
+    from srpie_cli.model import DUNet, upsample_bicubic
+
+    for shape in ((1, 3, 7, 5), (2, 4, 33, 64), (1, 3, 1, 1), (1, 3, 2, 3)):
+        x = torch.rand(shape)
+        ref = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+        assert upsample_bicubic(x, 2).shape == ref.shape
+        assert (upsample_bicubic(x, 2) - ref).abs().max() < 1e-6
+    for scale in (2, 3):
+        d = DUNet(scale, 24, zero_init=False, features=8).eval()
+        torch.nn.init.normal_(d.fuse.weight)
+        x, f = torch.rand(1, 3, 12, 10), torch.rand(1, 8, 12, 10)
+        with torch.no_grad():
+            t1, t2, t3 = d.top1(torch.cat([x, f], 1)).chunk(3, 1)
+            b1, b2, b3 = d.bot1(torch.cat([x, f], 1)).chunk(3, 1)
+            t = d.shuffle(torch.cat([d.top2(torch.cat([t1, b2], 1)), t3], 1))
+            b = d.shuffle(torch.cat([d.bot2(torch.cat([b1, t2], 1)), b3], 1))
+            ref = d.fuse(torch.cat([t, b], 1))
+            out = d(x, f)
+        assert out.shape == ref.shape == (1, 3, 12 * scale, 10 * scale)
+        assert (out - ref).abs().max() < 1e-5 < ref.abs().max()
