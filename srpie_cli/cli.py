@@ -805,6 +805,10 @@ def train_look(
     denoise_steps: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
                                                help="Steps of the tone stage's denoiser, trained last on the "
                                                "--tone-pairs (0: none).")] = 0,
+    look_from: Annotated[Optional[str], typer.Option(
+        metavar="NAME|FILE", rich_help_panel=ADVANCED,
+        help="Train nothing: put this model's look (with its tone stage) in front of --init's upscaler, "
+        "score it and write it.")] = None,
     dark: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
                                         help="Share of the tone stage's photos made dark, noisy frames.")
                     ] = defaults.LOOK_DARK,
@@ -822,7 +826,7 @@ def train_look(
 
     from srpie_cli.look import LookConfig, make_model
 
-    if not pairs and not photos and not tone_pairs:
+    if not pairs and not photos and not tone_pairs and not look_from:
         raise fail("nothing to train the look on: give --pairs, --photos and/or --tone-pairs folders")
     if threads:
         torch.set_num_threads(threads)
@@ -831,7 +835,8 @@ def train_look(
                      tone_steps=tone_steps, denoise_steps=denoise_steps, dark=dark, cast=cast, seed=seed)
     command = "srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        meta = make_model(cfg, init, out_path, command, val or [], log=lambda m: err.print(m, highlight=False))
+        meta = make_model(cfg, init, out_path, command, val or [], log=lambda m: err.print(m, highlight=False),
+                          look_from=look_from)
     except SrpieError as e:
         raise fail(_esc(e), EXIT_FAILED) from None
     out.print(json.dumps(meta["scores"], indent=1))

@@ -294,9 +294,10 @@ def apply_look(look: GlobalLook, img: np.ndarray) -> np.ndarray:
 
 
 def attach(upscaler: DeepSRPIE, look: GlobalLook) -> DeepSRPIE:
-    """``upscaler`` with ``look`` in front: a joint model whose strength 0 is the upscaler."""
+    """``upscaler`` with ``look`` in front (instead of any it had): a joint model whose strength 0
+    is the upscaler."""
     model = DeepSRPIE(replace(upscaler.cfg, global_look=True, look_tone=look.tone, look_denoise=look.denoiser is not None))
-    state = upscaler.state_dict()
+    state = {k: v for k, v in upscaler.state_dict().items() if not k.startswith("global_look.")}  # a look it had goes
     state.update({"global_look." + k: v for k, v in look.state_dict().items()})
     model.load_state_dict(state)
     return model.eval()
@@ -324,10 +325,13 @@ def score(model: DeepSRPIE, cfg: LookConfig, sr_sets: list[Path]) -> dict:
 
 
 def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: list[Path],
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, look_from: str | None = None) -> dict:
     """Train the look, put it in front of ``init``'s upscaler, score it and write ``out``.
     Where ``init`` has a look already, that look is kept and only its tone stage trained (or,
-    with ``cfg.tone_steps`` 0, its tone stage kept too and only the denoiser trained)."""
+    with ``cfg.tone_steps`` 0, its tone stage kept too and only the denoiser trained). With
+    ``look_from`` (a model with a global look) nothing is trained: that look, as it is, goes
+    in front of ``init``'s upscaler (the look trains without the upscaler, so one look serves
+    every upscaler)."""
     import time
 
     from srpie_cli.weights import load_model, save_weights
@@ -336,6 +340,18 @@ def make_model(cfg: LookConfig, init: str, out: Path, command: str, sr_sets: lis
     if up_meta.get("untrained"):
         raise SrpieError(f"{init}: no trained weights to put the look in front of")
     t = time.time()
+    if look_from is not None:
+        source, source_meta = load_model(look_from)
+        if source.global_look is None:
+            raise SrpieError(f"{look_from}: has no global look to take")
+        model = attach(upscaler, source.global_look)
+        meta = {"srpie_version": __version__, "command": command,
+                "look_from": {k: source_meta.get(k) for k in ("name", "command", "look_config", "train_seconds")},
+                "upscaler": {"name": up_meta.get("name", init), "command": up_meta.get("command")},
+                "scores": score(model, cfg, sr_sets)}
+        save_weights(out, model, meta)
+        log(f"wrote {out}")
+        return meta
     kept = upscaler.global_look
     if kept is not None and not cfg.tone_pairs:
         raise SrpieError(f"{init} has a look already: give tone pairs to train its tone stage, or start from its upscaler")

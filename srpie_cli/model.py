@@ -494,6 +494,33 @@ class DarkDenoiser(nn.Module):
         return x + gate.to(x.dtype).view(-1, 1, 1, 1) * self.body(torch.cat([x, planes], dim=1))
 
 
+REPAIR_STEPS = 65  # points of the grey axis grey_repair reads the colour mapping at
+REPAIR_TOP = 0.9  # from this grey on, the repaired curve is pulled up to end at white
+
+
+def grey_repair(poly: torch.Tensor) -> torch.Tensor:
+    """N x 3 x REPAIR_STEPS: what to add to the colour mapping ``poly`` (N x 3 x 13) at each
+    brightness (black to white) so that, along the grey axis, it never falls and ends at white.
+
+    The cubic is fitted to each photo's own colours, and a dim photo has few bright pixels: its
+    curve can peak mid-way and fall beyond (a dim FiveK frame's mapped white (1, 1, 1) to
+    (0.36, -0.13, -0.59): a lamp or a blown sky came out brown, or cyan). Per channel, the
+    curve is kept up to its highest point, held there (never falling), and from there, or
+    from ``REPAIR_TOP`` if it peaks later, it rises in a straight line to 1 at white. Where a
+    curve already rises to white nothing changes. Applied at inference (``GlobalLook`` in
+    eval mode): training fits the cubic where the photos' colours are."""
+    g = torch.linspace(0, 1, REPAIR_STEPS, dtype=poly.dtype, device=poly.device)
+    grey = g.view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    curve = torch.einsum("nit,nthw->nihw", poly, colour_polynomial(grey))[:, :, 0]  # N x 3 x S
+    held = torch.cummax(curve, dim=2).values.clamp(max=1)
+    peak = torch.argmax(held, dim=2, keepdim=True)  # first index of the highest point
+    top = torch.minimum(peak, torch.full_like(peak, round(REPAIR_TOP * (REPAIR_STEPS - 1))))
+    g0, v0 = g[top], held.gather(2, top)
+    ramp = v0 + (1 - v0) * ((g - g0) / (1 - g0).clamp_min(1e-6)).clamp(0, 1)
+    repaired = torch.where(g >= g0, ramp, held)
+    return repaired - curve
+
+
 class GlobalLook(nn.Module):
     """One colour mapping per photo, read from its thumbnail (not in the paper; the family of
     3D-LUT and curve enhancers): four stride-2 convs on the 64 x 64 thumbnail, mean- and
@@ -569,13 +596,26 @@ class GlobalLook(nn.Module):
             x = tone(x, t[:, :TONE_TERMS])
             if self.denoiser is not None:
                 x = self.denoiser(x, t[:, :TONE_TERMS], t[:, TONE_TERMS])
-        return self.map(x, poly)
+        if self.training:
+            return self.map(x, poly)
+        return self.map(x, poly, grey_repair(poly))
 
     @staticmethod
-    def map(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Apply coefficients ``m`` (1 or N x 3 x 13) to every pixel of ``x``."""
+    def map(x: torch.Tensor, m: torch.Tensor, repair: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply coefficients ``m`` (1 or N x 3 x 13) to every pixel of ``x``, plus ``repair``
+        (``grey_repair``'s table) read at each pixel's brightness, its largest channel."""
         m = m.to(x.dtype).expand(x.shape[0], -1, -1)
-        return torch.einsum("nit,nthw->nihw", m, colour_polynomial(x)).clamp(0, 1)
+        y = torch.einsum("nit,nthw->nihw", m, colour_polynomial(x))
+        if repair is not None:
+            n, _, h, w = x.shape
+            pos = x.amax(1).clamp(0, 1).flatten(1) * (REPAIR_STEPS - 1)  # N x HW
+            i = pos.floor().clamp(max=REPAIR_STEPS - 2)
+            frac = (pos - i).unsqueeze(1)
+            table = repair.to(x.dtype).expand(n, -1, -1)
+            idx = i.long().unsqueeze(1).expand(-1, 3, -1)
+            lo, hi = table.gather(2, idx), table.gather(2, idx + 1)
+            y = y + torch.lerp(lo, hi, frac).view(n, 3, h, w)
+        return y.clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------- DUNet

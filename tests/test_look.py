@@ -1,5 +1,7 @@
 """The global look: one colour mapping per photo, trained apart and put in front of an upscaler."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -214,6 +216,22 @@ def test_the_tone_stage_trains_after_the_look_and_leaves_its_colour_mapping_as_i
     before, after = joint.state_dict(), out.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the upscaler and the look, as they were
     assert any(after[k].abs().sum() > 0 for k in after if k.startswith("global_look.tone_head.2"))  # the tone learnt
+    # then its denoiser, the tone stage kept (--tone-steps 0): only the denoiser's weights move
+    denoise = replace(cfg, tone_steps=0, denoise_steps=3)
+    make_model(denoise, str(tmp_path / "out.pt"), tmp_path / "dn.pt", "cmd", [], log=lambda m: None)
+    dn, _ = load_model(str(tmp_path / "dn.pt"))
+    assert dn.cfg.look_denoise and all(torch.equal(after[k], dn.state_dict()[k]) for k in after)
+    assert dn.global_look.denoiser.body[-1].weight.abs().sum() > 0
+    # and that look, trained nothing more, in front of another upscaler (--look-from)
+    other = perturbed(SRPIEConfig(width=8, t=1, pe_widths=(4, 4, 4), du_width=6)).eval()
+    save_weights(tmp_path / "other.pt", other, {"scores": {}})
+    meta = make_model(cfg, str(tmp_path / "other.pt"), tmp_path / "moved.pt", "cmd", [], log=lambda m: None,
+                      look_from=str(tmp_path / "dn.pt"))
+    moved, _ = load_model(str(tmp_path / "moved.pt"))
+    assert meta["look_from"] and moved.cfg.look_denoise
+    state = moved.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in dn.state_dict().items() if k.startswith("global_look."))
+    assert all(torch.equal(v, state[k]) for k, v in other.state_dict().items())
 
 
 def test_a_tone_look_runs_under_bfloat16_autocast_as_the_cpu_default_does():
@@ -328,3 +346,24 @@ def test_a_photo_that_is_not_dark_skips_the_tone_stage_at_inference():
         skipped = look.with_settings(bright, poly, None)
         assert (skipped - look.with_settings(bright, poly, t)).abs().max() < 0.5 / 255
         assert look.photo_settings(_thumb_of(dark))[1] is not None
+
+
+def test_the_grey_repair_makes_a_falling_curve_rise_to_white_and_leaves_a_good_one():
+    """At inference a colour mapping that peaks and falls along the grey axis (a cubic fitted
+    to a dim photo did: its lamps came out brown) is held at its peak and then rises to white;
+    the identity, and any curve that already rises to white, is left as it was."""
+    from srpie_cli.model import grey_repair
+
+    look = GlobalLook().eval()
+    grey = torch.linspace(0, 1, 101).view(1, 1, 1, -1).expand(1, 3, 1, -1).contiguous()
+    thumb = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(look(grey, thumb), grey, atol=1e-6)
+        assert float(grey_repair(look.settings(thumb)[0]).abs().max()) < 1e-6
+        look.head[-1].bias.view(3, 13)[[0, 1, 2], [6, 7, 8]] = -0.8  # x - 0.8 x^3: peaks at 0.65, white to 0.2
+        bad = look.train()(grey, thumb)
+        good = look.eval()(grey, thumb)
+    assert float(bad[..., -1].max()) < 0.25 and float((bad[..., 1:] - bad[..., :-1]).min()) < -0.01
+    assert torch.allclose(good[..., -1], torch.ones(1, 3, 1))  # white stays white
+    assert float((good[..., 1:] - good[..., :-1]).min()) >= -1e-6  # never falls
+    assert torch.allclose(good[..., :50], bad[..., :50])  # below the peak, the look as it was
