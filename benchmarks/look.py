@@ -50,7 +50,7 @@ def pairs_rows(model, folder: Path, holdout: int = 3) -> list[dict]:
         out = run_model(model, lr8, WHOLE)
         bic = to_float(pillow_bicubic_up(lr8, model.scale))
         so, se = look_stats(out), look_stats(hr)
-        rows.append({"photo": Path(name).stem, "psnr": psnr(out, hr), "bicubic": psnr(bic, hr),
+        rows.append({"photo": Path(name).stem, "psnr": psnr(out, hr), "bicubic": psnr(bic, hr), **white_of(model, lr),
                      "ssim": ssim(out, hr), "chroma_ratio": so["chroma"] / max(se["chroma"], 1e-6),
                      "black_point": so["black_point"] - se["black_point"], "clipped": so["clipped"] - se["clipped"]})
     return rows
@@ -67,6 +67,26 @@ def sr_rows(model, folder: Path) -> list[dict]:
         rows.append({"photo": path.stem, "gain": psnr(out, ref, **kw) - psnr(bic, ref, **kw),
                      "dL": look_stats(out)["lightness"] - look_stats(bic)["lightness"]})
     return rows
+
+
+def white_of(model, lr: np.ndarray) -> dict:
+    """Where the model's look puts a clipped white of this photo: the lowest channel of a pure
+    white input pixel after the look (8-bit levels) and how far from neutral it lands (the
+    largest |a*|, |b*|). The issue's target: at least 250 and neutral."""
+    import torch
+
+    from srpie_cli.metrics import srgb_to_lab
+    from srpie_cli.model import context_thumbnail
+
+    look = getattr(model, "global_look", None)
+    if look is None:
+        return {}
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)).permute(2, 0, 1)[None]
+        poly, t = look.eval().photo_settings(context_thumbnail(x))
+        white = look.with_settings(torch.ones(1, 3, 1, 1), poly, t)[0, :, 0, 0].numpy()
+    lab = srgb_to_lab(white.reshape(1, 1, 3))[0, 0]
+    return {"white_min": float(white.min() * 255), "white_ab": float(np.abs(lab[1:]).max())}
 
 
 # the six neutral patches of the ColorChecker's bottom row in raw/tinydng/colorchart.dng
@@ -118,6 +138,9 @@ def summary(m: dict) -> list[tuple[str, str, str]]:
         ("colour: chroma / expert", ", ".join(f"{r['chroma_ratio']:.2f}" for r in f), "0.85-1.15"),
         ("blacks: L*1% - expert", ", ".join(f"{r['black_point']:+.1f}" for r in f), "<= +3"),
         ("highlights: clipped - expert (pp)", ", ".join(f"{r['clipped']:+.2f}" for r in f), "<= +0.5"),
+        ("highlights: a clipped white after the look", ", ".join(f"{r['white_min']:.0f} (|ab| {r['white_ab']:.1f})"
+                                                              for r in f) if "white_min" in f[0] else "no look",
+         ">= 250, neutral"),
         ("dark frames: LOL held-out", f"{np.mean([r['psnr'] for r in lol]):.2f} dB, SSIM {np.mean([r['ssim'] for r in lol]):.3f}",
          ">= 22 dB, SSIM >= 0.80"),
     ]

@@ -80,6 +80,8 @@ def score_fold(look, fivek, lol, clean, cast) -> dict:
     out["fivek_gain"] = float(np.mean([r[0] - r[1] for r in rows]))
     out["fivek_worst_gain"] = float(min(r[0] - r[1] for r in rows))
     out["fivek_chroma"] = float(np.mean([r[2] for r in rows]))
+    out["fivek_clipped"] = float(np.mean([look_stats(apply_look(look, b))["clipped"] - look_stats(a)["clipped"]
+                                          for _, b, a in fivek]))
     if lol:
         res = [(apply_look(look, b), a) for _, b, a in lol]
         out["lol"] = float(np.mean([psnr(o, a) for o, a in res]))

@@ -608,11 +608,11 @@ class GlobalLook(nn.Module):
         y = torch.einsum("nit,nthw->nihw", m, colour_polynomial(x))
         if repair is not None:
             n, _, h, w = x.shape
-            pos = x.amax(1).clamp(0, 1).flatten(1) * (REPAIR_STEPS - 1)  # N x HW
+            pos = x.amax(1, keepdim=True).clamp(0, 1).flatten(2) * (REPAIR_STEPS - 1)  # N x 1 x HW
             i = pos.floor().clamp(max=REPAIR_STEPS - 2)
-            frac = (pos - i).unsqueeze(1)
+            frac = pos - i
             table = repair.to(x.dtype).expand(n, -1, -1)
-            idx = i.long().unsqueeze(1).expand(-1, 3, -1)
+            idx = i.long().expand(-1, 3, -1)
             lo, hi = table.gather(2, idx), table.gather(2, idx + 1)
             y = y + torch.lerp(lo, hi, frac).view(n, 3, h, w)
         return y.clamp(0, 1)
