@@ -29,11 +29,12 @@ CPU_TILE = 192
 CPU_TILE_BF16 = 320
 CUDA_TILE = 384
 # Input pixels shared by neighbouring tiles (the blending ramp), and reflected around the photo.
-# With the global look applied to the whole photo first (tiling.apply_look), the shipped
-# models' output in 128 px tiles overlapping by 8 is 87.5-91.7 dB from one whole-image pass (at
-# most 1 level, rounding), and a border of 8 is 91.9 dB or more from one of 24: 8 runs 12% fewer
-# pixels than 24 on a 24 MP photo in 320 px tiles (benchmarks/RESULTS.md)
-OVERLAP = 8
+# With the global look applied to the whole photo first (tiling.apply_look), srpie-x2-fast in
+# 128 px tiles fitted to overlap by 12 is 81.9-83.6 dB from one whole-image pass, at most 2
+# levels apart (by 8: 72.8-73.6 dB, 4 levels at 0.02% of pixels; by 24: 87.9-93.0 dB, 1
+# level); a 24 MP photo in the CPU's 320 px tiles runs 5% fewer pixels than with 24
+# (benchmarks/RESULTS.md)
+OVERLAP = 12
 TILE_BATCH = 4  # tiles per forward pass (CUDA; the CPU runs them one at a time)
 COMPILE = "auto"  # torch.compile: on, off, or auto (on a CPU for runs of COMPILE_MIN_MP or more)
 # torch.compile costs tens of seconds once per run and tile shape and saves about a third of

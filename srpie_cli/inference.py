@@ -207,7 +207,7 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
         x = upload(photo.pixels, device)
     else:
         x = to_tensor(images.to_float(photo.pixels))
-    y = at_scale(model, x, settings.scale, opts, on_retry=on_retry, on_tile=on_tile)
+    y = at_scale(model, x, settings.scale, opts, on_retry=on_retry, on_tile=on_tile, overwrite=True)  # x is ours
     # the sum, not isfinite(y): that makes a full-size temporary (1.6 GB at 24 MP, the run's
     # peak); a NaN anywhere makes the sum NaN, and y is clamped, so no infinity is left
     if not bool(torch.isfinite(y.sum())):
@@ -241,8 +241,9 @@ def at_scale(model, x, scale: int, opts, **kw):
 
     from srpie_cli.tiling import apply_look, look_first, upscale
 
+    overwrite = kw.pop("overwrite", False)
     if scale == model.scale:
-        return upscale(model, x, opts, **kw)
+        return upscale(model, x, opts, overwrite=overwrite, **kw)
     if scale != 1:
         raise SrpieError(f"--scale {scale}: this model writes x{model.scale} or, with --scale 1, the input's size")
     look = look_first(model)[1]
@@ -250,7 +251,7 @@ def at_scale(model, x, scale: int, opts, **kw):
         y = upscale(model, x, opts, **kw)
         return F.interpolate(y, size=x.shape[-2:], mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
     with torch.inference_mode():
-        return apply_look(look, x)
+        return apply_look(look, x, overwrite)
 
 
 def fills_tile(size: tuple[int, int], tile: int | None, overlap: int) -> bool:

@@ -207,17 +207,18 @@ FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
 
 def upscale(model: nn.Module, x: torch.Tensor, opts: TileOptions = TileOptions(),
             on_retry: Callable[[str], None] | None = None,
-            on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+            on_tile: Callable[[int, int], None] | None = None, overwrite: bool = False) -> torch.Tensor:
     """Enhance and upscale one image: 1 x 3 x H x W in [0, 1] -> 1 x 3 x sH x sW in [0, 1],
     where ``x`` is: on the host (the CPU, or a GPU's tiles copied over and back), or on the
     model's device (``upload``: everything stays there). Self-ensemble averages the four flips
     when ``opts.tta`` (a second output-sized buffer). ``on_tile(done, total)``: progress in
-    tiles, the four flips counted as one run."""
+    tiles, the four flips counted as one run. ``overwrite``: ``x`` is the caller's to lose (a
+    global look is then applied in place: ``apply_look``)."""
     device = next(model.parameters()).device
     model, look = look_first(model)
     if look is not None:
         with torch.inference_mode():
-            x = apply_look(look, x)
+            x = apply_look(look, x, overwrite)
     tile = opts.tile
     while True:
         try:
@@ -253,18 +254,25 @@ BAND = 256  # rows of a photo the global look maps at a time (13 polynomial term
 BAND_MARGIN = 16  # rows each band borrows from its neighbours (the tone stage reaches 11)
 
 
-def apply_look(look: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def apply_look(look: nn.Module, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """The global look (``model.GlobalLook``) on the whole of ``x`` (1 x 3 x H x W, where it
     is), with the settings of the whole photo (``photo_settings``: the tone stage skipped on a
-    photo that is not dark), a band of rows at a time on the look's device, in float32; a new
-    tensor where ``x`` is. The tone stage's blur and denoiser see across bands."""
+    photo that is not dark), a band of rows at a time on the look's device, in float32. The
+    tone stage's blur and denoiser see across bands. Returns a new tensor where ``x`` is, or
+    with ``overwrite`` ``x`` itself, written over band by band (each band's original rows
+    that the next one borrows kept aside): a 24 MP photo needs no second 288 MB copy."""
     device = next(look.parameters()).device
     poly, t = look.photo_settings(context_thumbnail(x).to(device, torch.float32))
-    y = torch.empty_like(x)
-    h = x.shape[-2]
+    y = x if overwrite else torch.empty_like(x)
+    h, above = x.shape[-2], None  # above: the original rows just above the band (overwritten in y)
     for r in range(0, h, BAND):
         a, b = max(r - BAND_MARGIN, 0), min(r + BAND + BAND_MARGIN, h)
-        band = look.with_settings(x[..., a:b, :].to(device, torch.float32), poly, t)
+        src = x[..., a:b, :].to(device, torch.float32, copy=True)
+        if overwrite and above is not None:
+            src[..., :r - a, :] = above
+        if overwrite:
+            above = x[..., max(r + BAND - BAND_MARGIN, 0):r + BAND, :].to(device, torch.float32, copy=True)
+        band = look.with_settings(src, poly, t)
         y[..., r:r + BAND, :] = band[..., r - a:r - a + min(BAND, h - r), :].to(x.device, x.dtype)
     return y
 

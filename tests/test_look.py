@@ -367,3 +367,18 @@ def test_the_grey_repair_makes_a_falling_curve_rise_to_white_and_leaves_a_good_o
     assert torch.allclose(good[..., -1], torch.ones(1, 3, 1))  # white stays white
     assert float((good[..., 1:] - good[..., :-1]).min()) >= -1e-6  # never falls
     assert torch.allclose(good[..., :50], bad[..., :50])  # below the peak, the look as it was
+
+
+def test_the_look_written_over_its_input_band_by_band_is_the_look_into_a_new_tensor(monkeypatch):
+    """apply_look(overwrite=True) saves a photo-sized copy: each band still sees the original
+    rows of its neighbours (the tone stage and the denoiser reach across band edges)."""
+    import srpie_cli.tiling as tiling
+
+    monkeypatch.setattr(tiling, "BAND", 16)
+    look = _denoising([2.5, 1.0, 1.0])
+    x = torch.rand(1, 3, 100, 30) * 0.05
+    fresh = tiling.apply_look(look, x)
+    mine = x.clone()
+    out = tiling.apply_look(look, mine, overwrite=True)
+    assert out.data_ptr() == mine.data_ptr() and torch.equal(out, fresh)
+    assert (fresh - x).abs().mean() > 0.02  # it did lift the frame
