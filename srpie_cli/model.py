@@ -118,10 +118,10 @@ PRESETS: dict[str, dict] = {
     "fast": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24),  # for CPU studios
     # the architectures that ship (defaults.SHIPPED; tests check each file against its preset)
     "srpie-x2-sr": dict(width=64, t=3, du_features=True),
-    "srpie-x2": dict(width=64, t=3, du_features=True, global_look=True, look_tone=True),  # srpie-x2-sr + a global look
+    "srpie-x2": dict(width=64, t=3, du_features=True, global_look=True, look_tone=True, look_denoise=True),  # srpie-x2-sr + a global look
     "srpie-x2-fast-sr": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24, du_features=True),
     "srpie-x2-fast": dict(width=32, t=2, pe_widths=(8, 16, 16), du_width=24, du_features=True,
-                          global_look=True, look_tone=True),  # srpie-x2-fast-sr + the same global look
+                          global_look=True, look_tone=True, look_denoise=True),  # srpie-x2-fast-sr + the same global look
 }
 
 
