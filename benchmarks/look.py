@@ -75,16 +75,14 @@ def white_of(model, lr: np.ndarray) -> dict:
     largest |a*|, |b*|). The issue's target: at least 250 and neutral."""
     import torch
 
+    from srpie_cli.look import thumb
     from srpie_cli.metrics import srgb_to_lab
-    from srpie_cli.model import context_thumbnail
 
     look = getattr(model, "global_look", None)
     if look is None:
         return {}
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)).permute(2, 0, 1)[None]
-        poly, t = look.eval().photo_settings(context_thumbnail(x))
-        white = look.with_settings(torch.ones(1, 3, 1, 1), poly, t)[0, :, 0, 0].numpy()
+        white = look.with_settings(torch.ones(1, 3, 1, 1), *look.photo_settings(thumb(lr)[None]))[0, :, 0, 0].numpy()
     lab = srgb_to_lab(white.reshape(1, 1, 3))[0, 0]
     return {"white_min": float(white.min() * 255), "white_ab": float(np.abs(lab[1:]).max())}
 

@@ -106,8 +106,7 @@ def grey_curve(look, img) -> np.ndarray:
     from srpie_cli.look import thumb
 
     g = torch.linspace(0, 1, 33).view(1, 1, 1, -1).expand(1, 3, 1, -1)
-    poly, t = look.settings(thumb(img)[None])
-    return look.with_settings(g, poly, t)[0, :, 0].numpy()
+    return look.with_settings(g, *look.photo_settings(thumb(img)[None]))[0, :, 0].numpy()
 
 
 def lol_at_2x(look, pairs) -> dict:

@@ -231,17 +231,17 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     return replace(photo, pixels=pixels, alpha=alpha, notes=list(photo.notes))
 
 
-def at_scale(model, x, scale: int, opts, **kw):
+def at_scale(model, x, scale: int, opts, overwrite: bool = False, **kw):
     """The output at ``scale``: the model's own (``tiling.upscale``), or 1: the look alone at
     the input's size. A global look (``model.GlobalLook``) is applied directly
     (``tiling.apply_look``); another model's look is its 2x output downscaled (antialiased),
-    the same look at a quarter of the pixels written."""
+    the same look at a quarter of the pixels written. ``overwrite``: ``x`` is the caller's to
+    lose (``tiling.upscale``)."""
     import torch
     import torch.nn.functional as F
 
     from srpie_cli.tiling import apply_look, look_first, upscale
 
-    overwrite = kw.pop("overwrite", False)
     if scale == model.scale:
         return upscale(model, x, opts, overwrite=overwrite, **kw)
     if scale != 1:

@@ -267,7 +267,7 @@ def train_denoiser(cfg: LookConfig, look: GlobalLook, photos: list[np.ndarray], 
     params = list(noisy.denoiser.parameters())
     for p in params:
         p.requires_grad_(True)
-    dn_cfg = replace(cfg, pair_fraction=1 - cfg.dark if photos else 1.0, clean_fraction=0.0)
+    dn_cfg = replace(cfg, pair_fraction=1 - cfg.dark, clean_fraction=0.0)
     fit(noisy, params, cfg.denoise_steps,
         lambda: zip(*(sample(rng, photos, pairs, dn_cfg, lambda r: tone_damage(r, cfg.tone_cast))
                       for _ in range(cfg.batch_size))), defaults.LOOK_DENOISE_LR, log, "denoise", loss_fn=l1_ssim,

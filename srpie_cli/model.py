@@ -508,7 +508,7 @@ def grey_repair(poly: torch.Tensor) -> torch.Tensor:
     curve is kept up to its highest point, held there (never falling), and from there, or
     from ``REPAIR_TOP`` if it peaks later, it rises in a straight line to 1 at white. Where a
     curve already rises to white nothing changes. Applied at inference (``GlobalLook`` in
-    eval mode): training fits the cubic where the photos' colours are."""
+    eval mode, ``photo_settings``): training fits the cubic where the photos' colours are."""
     g = torch.linspace(0, 1, REPAIR_STEPS, dtype=poly.dtype, device=poly.device)
     grey = g.view(1, 1, 1, -1).expand(1, 3, 1, -1)
     curve = torch.einsum("nit,nthw->nihw", poly, colour_polynomial(grey))[:, :, 0]  # N x 3 x S
@@ -574,31 +574,35 @@ class GlobalLook(nn.Module):
         return poly + t[:, TONE_TERMS:].view(-1, 3, POLY_TERMS), torch.cat([t[:, :TONE_TERMS], gate], dim=1)
 
     @torch.no_grad()
-    def photo_settings(self, thumb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``settings`` for inference on one photo: the tone stage dropped (None) where its gate
-        is below ``TONE_OFF``, so a photo that is not dark skips its arithmetic."""
+    def photo_settings(self, thumb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``settings`` for inference on one photo, for ``with_settings``: the tone stage
+        dropped (None) where its gate is below ``TONE_OFF``, so a photo that is not dark skips
+        its arithmetic, and the mapping's ``grey_repair``, made once for every band or tile."""
         poly, t = self.settings(thumb)
         if t is not None and float(t[:, TONE_TERMS].max()) < TONE_OFF:
             t = None
-        return poly, t
+        return poly, t, grey_repair(poly)
 
     def coefficients(self, thumb: torch.Tensor) -> torch.Tensor:
         """N x 3 x 13 for N thumbnails (N x 3 x 64 x 64)."""
         return self.settings(thumb)[0]
 
     def forward(self, x: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
-        return self.with_settings(x, *self.settings(thumb.to(x.dtype)))
+        """The look on ``x``; in eval mode with its ``grey_repair`` (training fits the cubic
+        where the photos' colours are)."""
+        poly, t = self.settings(thumb.to(x.dtype))
+        return self.with_settings(x, poly, t, None if self.training else grey_repair(poly))
 
-    def with_settings(self, x: torch.Tensor, poly: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
-        """The look with its ``settings`` (of the whole photo) on ``x``: a tile or band of it."""
+    def with_settings(self, x: torch.Tensor, poly: torch.Tensor, t: torch.Tensor | None,
+                      repair: torch.Tensor | None = None) -> torch.Tensor:
+        """The look with its settings (of the whole photo: ``settings``, ``photo_settings``) on
+        ``x``: a tile or band of it."""
         if t is not None:
             t = t.to(x.dtype).expand(x.shape[0], -1)
             x = tone(x, t[:, :TONE_TERMS])
             if self.denoiser is not None:
                 x = self.denoiser(x, t[:, :TONE_TERMS], t[:, TONE_TERMS])
-        if self.training:
-            return self.map(x, poly)
-        return self.map(x, poly, grey_repair(poly))
+        return self.map(x, poly, repair)
 
     @staticmethod
     def map(x: torch.Tensor, m: torch.Tensor, repair: torch.Tensor | None = None) -> torch.Tensor:

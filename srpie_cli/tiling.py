@@ -262,7 +262,7 @@ def apply_look(look: nn.Module, x: torch.Tensor, overwrite: bool = False) -> tor
     with ``overwrite`` ``x`` itself, written over band by band (each band's original rows
     that the next one borrows kept aside): a 24 MP photo needs no second 288 MB copy."""
     device = next(look.parameters()).device
-    poly, t = look.photo_settings(context_thumbnail(x).to(device, torch.float32))
+    settings = look.photo_settings(context_thumbnail(x).to(device, torch.float32))
     y = x if overwrite else torch.empty_like(x)
     h, above = x.shape[-2], None  # above: the original rows just above the band (overwritten in y)
     for r in range(0, h, BAND):
@@ -272,7 +272,7 @@ def apply_look(look: nn.Module, x: torch.Tensor, overwrite: bool = False) -> tor
             src[..., :r - a, :] = above
         if overwrite:
             above = x[..., max(r + BAND - BAND_MARGIN, 0):r + BAND, :].to(device, torch.float32, copy=True)
-        band = look.with_settings(src, poly, t)
+        band = look.with_settings(src, *settings)
         y[..., r:r + BAND, :] = band[..., r - a:r - a + min(BAND, h - r), :].to(x.device, x.dtype)
     return y
 
