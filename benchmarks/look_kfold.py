@@ -80,6 +80,9 @@ def score_fold(look, fivek, lol, clean, cast) -> dict:
     out["fivek_gain"] = float(np.mean([r[0] - r[1] for r in rows]))
     out["fivek_worst_gain"] = float(min(r[0] - r[1] for r in rows))
     out["fivek_chroma"] = float(np.mean([r[2] for r in rows]))
+    out["fivek_chroma_worst"] = float(min(r[2] for r in rows))
+    out["fivek_black"] = float(np.mean([look_stats(apply_look(look, b))["black_point"] - look_stats(a)["black_point"]
+                                        for _, b, a in fivek]))
     out["fivek_clipped"] = float(np.mean([look_stats(apply_look(look, b))["clipped"] - look_stats(a)["clipped"]
                                           for _, b, a in fivek]))
     if lol:
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tone-steps", type=int, default=LookConfig.tone_steps)
     ap.add_argument("--dark", type=float, default=LookConfig.dark)
     ap.add_argument("--cast", type=float, default=LookConfig.cast)
+    ap.add_argument("--chroma", type=float, default=LookConfig.chroma, help="weight of the look's chroma term")
     ap.add_argument("--tone-cast", type=float, default=LookConfig.tone_cast)
     ap.add_argument("--tone-side", type=int, default=LookConfig.tone_side)
     ap.add_argument("--clean-fraction", type=float, default=LookConfig.clean_fraction)
@@ -160,11 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = LookConfig(photos=PHOTOS, pairs=[FIVEK], holdout=HELD_OUT,
                          exclude=[b.stem for b, _ in val] + [b.stem for b, _ in lol_val], steps=args.steps,
                          side=args.side, clean_fraction=args.clean_fraction, pair_fraction=args.pair_fraction,
-                         cast=args.cast, dark=args.dark, tone_steps=args.tone_steps, tone_cast=args.tone_cast,
+                         cast=args.cast, chroma=args.chroma, dark=args.dark, tone_steps=args.tone_steps, tone_cast=args.tone_cast,
                          tone_side=args.tone_side)
         t = time.time()
         look = None
-        cached = args.cache / f"fold{k}-of{args.folds}-steps{args.steps}-cast{args.cast}-clean{args.clean_fraction}.pt" \
+        cached = args.cache / f"fold{k}-of{args.folds}-steps{args.steps}-cast{args.cast}-clean{args.clean_fraction}" \
+            f"{f'-chroma{args.chroma}' if args.chroma else ''}.pt" \
             if args.cache else None
         if cached and cached.exists():
             look = GlobalLook()

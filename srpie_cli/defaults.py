@@ -25,8 +25,10 @@ DEVICE = "auto"  # CUDA when present, else the CPU
 CPU_TILE = 192
 # In bfloat16 a feature map is half the bytes, so larger tiles still fit the cache and lose
 # less to their overlap: compiled, srpie-x2-fast on a 6 MP photo ran 1.17x faster in 320 px
-# tiles than in 192 px (384 px: 1.06x; benchmarks/RESULTS.md)
-CPU_TILE_BF16 = 320
+# tiles than in 192 px (384 px: 1.06x); 288 to 352 px tiles run at the same speed per pixel,
+# so a compiled run takes whichever of 288, 320 and 352 covers the photo with the least slack
+# (tiling.spans; benchmarks/RESULTS.md)
+CPU_TILE_BF16 = 352
 CUDA_TILE = 384
 # Input pixels shared by neighbouring tiles (the blending ramp), and reflected around the photo.
 # With the global look applied to the whole photo first (tiling.apply_look), srpie-x2-fast in
@@ -58,6 +60,7 @@ LOOK_STEPS = 1500
 LOOK_PAIR_FRACTION = 0.5  # share of a batch from real pairs
 LOOK_CLEAN_FRACTION = 0.7  # share of synthetic samples left undamaged: a photo that needs nothing stays
 LOOK_CAST = 0.25  # strongest synthetic colour cast: log of the red/blue gain
+LOOK_CHROMA = 0.0  # weight of the chroma term beside L1 (losses.chroma_gap; 0: L1 alone)
 LOOK_TONE_STEPS = 800  # the tone stage's steps (exposure and noise reduction), after the look's
 LOOK_DARK = 0.3  # share of the tone stage's good photos made dark, noisy frames (most under a cast)
 LOOK_TONE_SIDE = 512  # long side of the tone stage's training photos: noise is pixel-sized, shrinking hides it

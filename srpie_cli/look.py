@@ -50,6 +50,7 @@ class LookConfig:
     pair_fraction: float = defaults.LOOK_PAIR_FRACTION  # share of a batch from real pairs
     clean_fraction: float = defaults.LOOK_CLEAN_FRACTION  # share of synthetic samples left undamaged
     cast: float = defaults.LOOK_CAST  # strongest synthetic colour cast: log of the red/blue gain
+    chroma: float = defaults.LOOK_CHROMA  # weight of the chroma term (``losses.chroma_gap``) beside L1
     tone_pairs: list[Path] = field(default_factory=list)  # dark frames and their good versions: the tone stage
     tone_steps: int = defaults.LOOK_TONE_STEPS  # the tone stage's steps, after the look's
     dark: float = defaults.LOOK_DARK  # share of the tone stage's photos damaged (``tone_damage``)
@@ -166,6 +167,15 @@ def l1_ssim(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(out, gt) + defaults.LOOK_DENOISE_SSIM * (1 - ms_ssim(out.clamp(0, 1), gt, max_scales=3))
 
 
+def look_loss(chroma: float) -> Callable:
+    """The colour mapping's loss: L1, plus ``chroma`` times the chroma gap (``losses.chroma_gap``)."""
+    if not chroma:
+        return F.l1_loss
+    from srpie_cli.losses import chroma_gap
+
+    return lambda out, gt: F.l1_loss(out, gt) + chroma * chroma_gap(out, gt)
+
+
 def fit(look: GlobalLook, params: list, steps: int, draw: Callable[[], tuple], lr: float, log: Callable[[str], None],
         what: str, loss_fn: Callable = F.l1_loss, every: Callable[[int], None] | None = None) -> None:
     """``steps`` of Adam (cosine-decayed ``lr``) on ``loss_fn`` (L1) of ``look`` over batches
@@ -210,7 +220,7 @@ def train_look(cfg: LookConfig, log: Callable[[str], None] = print, look: Global
         look = GlobalLook()
         fit(look, list(look.parameters()), cfg.steps,
             lambda: zip(*(sample(rng, photos, pairs, cfg, lambda r: retouch_damage(r, cfg.cast))
-                          for _ in range(cfg.batch_size))), cfg.lr, log, "look")
+                          for _ in range(cfg.batch_size))), cfg.lr, log, "look", loss_fn=look_loss(cfg.chroma))
     if cfg.tone_pairs:
         if cfg.tone_side != cfg.side:
             photos = load_photos(cfg.photos, cfg.tone_side)

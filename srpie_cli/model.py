@@ -172,7 +172,12 @@ class FCA(nn.Module):
         self.f_d2 = conv(width, width, 3, dilation=2)
 
     def forward(self, x):
-        c_r = torch.sigmoid(self.f_d1(x) - self.f_d2(x))
+        # f_d1(x) - f_d2(x) as one convolution: the 1x1 kernel is the dilated kernel's centre
+        # tap, so their difference is one dilated 3x3 (the same numbers, one pass, one map)
+        w = -self.f_d2.weight
+        w = w + F.pad(self.f_d1.weight, (1, 1, 1, 1))
+        z = F.conv2d(x, w, self.f_d1.bias - self.f_d2.bias, padding=self.f_d2.padding, dilation=self.f_d2.dilation)
+        c_r = torch.sigmoid(z)
         return c_r * x + c_r
 
 
@@ -206,9 +211,12 @@ class MSB(nn.Module):
     def forward(self, x):
         q = self.q
         d = self.act(self.dilated(x))
-        a3, r3 = self.c3(d).split([q, 2 * q], dim=1)
+        # the 1x1 and the 3x3 on d as one 3x3 (the 1x1 kernel at its centre tap): the same
+        # numbers, and 4q output channels run faster than 3q and q apart (oneDNN's blocks)
+        w = torch.cat([self.c3.weight, F.pad(self.c1.weight, (1, 1, 1, 1))])
+        a3, r3, a1 = F.conv2d(d, w, torch.cat([self.c3.bias, self.c1.bias]), padding=1).split([q, 2 * q, q], dim=1)
         a5, r5 = self.c5(d).split([q, q], dim=1)
-        kept = torch.cat([self.c1(d), a3, self.c3b(r3), a5, self.c5b(r5)], dim=1)
+        kept = torch.cat([a1, a3, self.c3b(r3), a5, self.c5b(r5)], dim=1)
         return self.fca(self.fuse(kept)) + x
 
 
@@ -264,13 +272,32 @@ class MBFNet(nn.Module):
         for msb in self.msbs:
             feat = msb(feat)
             msb_outs.append(feat)
-        bpb = None
-        for k, block in enumerate(self.bpbs):
-            bpb = block(msb_outs[-1 - k], bpb)
-        hfa = torch.cat([*msb_outs, *([bpb] if bpb is not None else []), self.h_id(x_id)], dim=1)
-        feat = self.hfa(hfa) + h_x
+        feat = self.hfa[2](self.hfa[1](self._fused(x_id, msb_outs))) + h_x
         y = self.out(feat)
         return (x + y if self.image_skip else y), feat
+
+    def _fused(self, x_id, msb_outs):
+        """HFA's 1x1 convolution of concat(MSB outputs, last BPB output, H(I_{i+d})) as a sum of
+        one convolution per part: the same numbers without the concatenation (five feature maps
+        copied into one). Every BPB but the first is linear (two 1x1 convolutions, no
+        activation), so the chain folds into the weights on the MSB outputs and on the first
+        BPB's output, and H's 3x3 convolution into the weights that read it: H(I_{i+d}) and the
+        later BPBs are never made."""
+        fuse, width, t = self.hfa[0], len(self.h_id.weight), len(self.msbs) - 1
+        parts = list(fuse.weight[:, :, 0, 0].split(width, dim=1))
+        on_m, on_b, on_h = parts[:t + 1], (parts[t + 1] if self.bpbs else None), parts[-1]
+        bias = fuse.bias + on_h @ self.h_id.bias
+        for k in range(len(self.bpbs) - 1, 0, -1):  # the last BPB's weights walked back to the first's
+            blk, h = self.bpbs[k], len(self.bpbs[k].from_msb.weight)  # BPB k reads MSB t - k and BPB k - 1
+            bias = bias + on_b[:, :h] @ blk.from_msb.bias + on_b[:, h:] @ blk.from_prev.bias
+            on_m[t - k] = on_m[t - k] + on_b[:, :h] @ blk.from_msb.weight[:, :, 0, 0]
+            on_b = on_b[:, h:] @ blk.from_prev.weight[:, :, 0, 0]
+        acc = F.conv2d(x_id, torch.einsum("oc,cikl->oikl", on_h, self.h_id.weight), bias, padding=self.h_id.padding)
+        if on_b is not None:
+            acc = acc + F.conv2d(self.bpbs[0](msb_outs[-1]), on_b[:, :, None, None])
+        for m, w in zip(msb_outs, on_m):
+            acc = acc + F.conv2d(m, w[:, :, None, None])
+        return acc
 
 
 class FixedRReLU(nn.LeakyReLU):

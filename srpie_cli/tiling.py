@@ -87,6 +87,15 @@ def download(y: torch.Tensor, bits: int):
 
 
 FIT_ALIGN = 8  # fitted tiles stay multiples of 8 (PENet works at 1/8 and would pad otherwise)
+# A compiled network keeps one window per axis; it may be up to two steps below the tile where
+# that covers the axis with less slack (a 24 MP photo in 352 px tiles: 26.8 MP through the
+# network instead of 28.7 in 320 px ones). Steps of 32 keep the sides multiples of 32, which
+# oneDNN's kernels run at the same speed per pixel from 288 to 352 (benchmarks/RESULTS.md).
+SHAPE_STEP, SHAPE_STEPS = 32, 2
+
+
+def _windows(length: int, tile: int, overlap: int) -> int:
+    return math.ceil((length - overlap) / (tile - overlap))
 
 
 def spans(length: int, tile: int, overlap: int, fit: bool = False) -> list[tuple[int, int]]:
@@ -97,15 +106,22 @@ def spans(length: int, tile: int, overlap: int, fit: bool = False) -> list[tuple
     windows spread as extra overlap (3000 px in 384 px tiles: 9 windows, 456 px of overlap
     where 192 would do). ``fit`` shrinks the windows to the smallest multiple of 8 that keeps
     their count, so the network runs on fewer pixels (a 12 MP photo in 384 px tiles: +13%
-    instead of +29%). Without it every axis gets the same window, which a compiled network
-    wants (a new tile shape compiles again)."""
+    instead of +29%). Without it every window of an axis has one size, which a compiled
+    network wants (a new tile shape compiles again): ``tile`` or one of the ``SHAPE_STEPS``
+    sizes ``SHAPE_STEP`` apart below it, whichever covers the axis with the fewest pixels
+    (on a tie the larger: fewer windows). One photo size is one shape; a portrait photo
+    among landscapes may be a second."""
     if tile <= 0 or tile >= length:
         return [(0, length)]
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
-    n = math.ceil((length - overlap) / (tile - overlap))
     if fit:
+        n = _windows(length, tile, overlap)
         tile = min(tile, -(-(math.ceil((length - overlap) / n) + overlap) // FIT_ALIGN) * FIT_ALIGN)
+    else:
+        sizes = [tile] + [tile - SHAPE_STEP * k for k in range(1, SHAPE_STEPS + 1) if tile - SHAPE_STEP * k > 2 * overlap]
+        tile = min(sizes, key=lambda t: (_windows(length, t, overlap) * t, -t))
+        n = _windows(length, tile, overlap)
     starts = [round(i * (length - tile) / (n - 1)) for i in range(n)] if n > 1 else [0]
     return [(s, s + tile) for s in starts]
 

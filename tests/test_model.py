@@ -281,3 +281,62 @@ def test_the_2x_bicubic_and_dunets_fused_output_compute_what_they_stand_for():
             out = d(x, f)
         assert out.shape == ref.shape == (1, 3, 12 * scale, 10 * scale)
         assert (out - ref).abs().max() < 1e-5 < ref.abs().max()
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 3])
+def test_hfa_as_a_sum_of_convolutions_computes_the_concatenation_it_stands_for(t):
+    """MBFNet's fusion (HFA) without its concatenation: one convolution per part, the linear
+    BPBs and H's convolution folded into their weights. Against the paper's form, written out
+    here, in double precision, for every depth (t = 0 has no BPB; from t = 2 the chain folds)."""
+    from srpie_cli.model import MBFNet
+
+    torch.manual_seed(t)
+    net = MBFNet(16, t, image_skip=True).double().eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.rand(1, 3, 12, 10, dtype=torch.float64)
+    x_id, h_x = torch.rand(1, 6, 12, 10, dtype=torch.float64), torch.rand(1, 16, 12, 10, dtype=torch.float64)
+    with torch.no_grad():
+        outs, feat = [], h_x
+        for msb in net.msbs:
+            feat = msb(feat)
+            outs.append(feat)
+        bpb = None
+        for k, block in enumerate(net.bpbs):
+            bpb = block(outs[-1 - k], bpb)
+        ref = net.hfa(torch.cat([*outs, *([bpb] if bpb is not None else []), net.h_id(x_id)], 1)) + h_x
+        y, fused = net(x, x_id, h_x)
+    assert (fused - ref).abs().max() < 1e-12 < ref.abs().max()
+    assert torch.equal(y, x + net.out(fused))
+
+
+def test_fca_as_one_convolution_computes_its_two():
+    """FCA's f_d1(x) - f_d2(x) as one dilated 3x3 (the 1x1 kernel at its centre tap)."""
+    from srpie_cli.model import FCA
+
+    torch.manual_seed(0)
+    f = FCA(16).double()
+    for p in f.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(2, 16, 11, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = torch.sigmoid(f.f_d1(x) - f.f_d2(x))
+        assert (f(x) - (ref * x + ref)).abs().max() < 1e-12 < ref.abs().max()
+
+
+def test_msb_with_its_1x1_inside_the_3x3_computes_the_paper_form():
+    """MSB's 1x1 and 3x3 on the same map run as one 3x3 (the 1x1 at the centre tap)."""
+    from srpie_cli.model import MSB
+
+    torch.manual_seed(1)
+    b = MSB(16, act=torch.nn.LeakyReLU).double().eval()
+    for p in b.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.rand(1, 16, 13, 11, dtype=torch.float64)
+    q = b.q
+    with torch.no_grad():
+        d = b.act(b.dilated(x))
+        a3, r3 = b.c3(d).split([q, 2 * q], 1)
+        a5, r5 = b.c5(d).split([q, q], 1)
+        ref = b.fca(b.fuse(torch.cat([b.c1(d), a3, b.c3b(r3), a5, b.c5b(r5)], 1))) + x
+        assert (b(x) - ref).abs().max() < 1e-12 < (ref - x).abs().max()
