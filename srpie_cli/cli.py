@@ -179,7 +179,8 @@ DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda 
 TileOpt = Annotated[Optional[int], typer.Option(
     min=0, metavar="N", rich_help_panel=ADVANCED,
     help=f"Tile side in input pixels (0: whole image at once; default on a CPU: {defaults.CPU_TILE}, "
-    f"{defaults.CPU_TILE_BF16} in bfloat16; {defaults.CUDA_TILE} on CUDA).")]
+    f"{defaults.CPU_TILE_BF16} in bfloat16; {defaults.CUDA_TILE} on CUDA; a compiled network may take 32 less "
+    "on an axis that this covers with less slack).")]
 CompileOpt = Annotated[Compile, typer.Option(
     rich_help_panel=ADVANCED,
     help=f"torch.compile the network: auto (on a CPU for runs of {defaults.COMPILE_MIN_MP:g} MP or more), on, off.")]

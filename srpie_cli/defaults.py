@@ -26,15 +26,15 @@ CPU_TILE = 192
 # In bfloat16 a feature map is half the bytes, so larger tiles still fit the cache and lose
 # less to their overlap: compiled, srpie-x2-fast on a 6 MP photo ran 1.17x faster in 320 px
 # tiles than in 192 px (384 px: 1.06x); 288 to 352 px tiles run at the same speed per pixel,
-# so a compiled run takes whichever of 288, 320 and 352 covers the photo with the least slack
-# (tiling.spans; benchmarks/RESULTS.md)
+# so a compiled run takes whichever of 352 and 320 covers each axis of the photo with the
+# least slack (tiling.spans; benchmarks/RESULTS.md)
 CPU_TILE_BF16 = 352
 CUDA_TILE = 384
 # Input pixels shared by neighbouring tiles (the blending ramp), and reflected around the photo.
 # With the global look applied to the whole photo first (tiling.apply_look), srpie-x2-fast in
 # 128 px tiles fitted to overlap by 12 is 81.9-83.6 dB from one whole-image pass, at most 2
 # levels apart (by 8: 72.8-73.6 dB, 4 levels at 0.02% of pixels; by 24: 87.9-93.0 dB, 1
-# level); a 24 MP photo in the CPU's 320 px tiles runs 5% fewer pixels than with 24
+# level); a 24 MP photo in 320 px tiles runs 5% fewer pixels than with 24
 # (benchmarks/RESULTS.md)
 OVERLAP = 12
 TILE_BATCH = 4  # tiles per forward pass (CUDA; the CPU runs them one at a time)

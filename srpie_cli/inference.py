@@ -193,9 +193,10 @@ def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[s
     from srpie_cli.model import upsample_bicubic
     from srpie_cli.tiling import TileOptions, download, to_pixels, to_tensor, upload
 
-    # a compiled network keeps one tile shape (each new shape compiles again); eager ones fit.
-    # A photo that does not fill a tile both ways would be a shape of its own: it runs eager,
-    # so a folder of small photos of many sizes never compiles once per size.
+    # a compiled network keeps one of four tile shapes (each new shape compiles again:
+    # tiling.spans); eager ones fit. A photo that does not fill a tile both ways would be a
+    # shape of its own: it runs eager, so a folder of small photos of many sizes never
+    # compiles once per size.
     compiled = getattr(model, "compiled", False)
     if compiled and not fills_tile(photo.size, settings.tile, settings.overlap):
         model, compiled = model.eager(), False

@@ -87,11 +87,12 @@ def download(y: torch.Tensor, bits: int):
 
 
 FIT_ALIGN = 8  # fitted tiles stay multiples of 8 (PENet works at 1/8 and would pad otherwise)
-# A compiled network keeps one window per axis; it may be up to two steps below the tile where
-# that covers the axis with less slack (a 24 MP photo in 352 px tiles: 26.8 MP through the
-# network instead of 28.7 in 320 px ones). Steps of 32 keep the sides multiples of 32, which
-# oneDNN's kernels run at the same speed per pixel from 288 to 352 (benchmarks/RESULTS.md).
-SHAPE_STEP, SHAPE_STEPS = 32, 2
+# A compiled network keeps one window per axis; it may be a step below the tile where that
+# covers the axis with less slack (a 24 MP photo in 352 px tiles: 26.8 MP through the network;
+# in 320 px ones 28.7). Steps of 32 keep the sides multiples of 32, at which oneDNN's kernels
+# ran at the same speed per pixel from 288 to 352 (benchmarks/RESULTS.md). Two sizes an axis
+# make at most four tile shapes, each compiled once, whatever the sizes of a shoot's photos.
+SHAPE_STEP, SHAPE_STEPS = 32, 1
 
 
 def _windows(length: int, tile: int, overlap: int) -> int:
@@ -107,10 +108,8 @@ def spans(length: int, tile: int, overlap: int, fit: bool = False) -> list[tuple
     where 192 would do). ``fit`` shrinks the windows to the smallest multiple of 8 that keeps
     their count, so the network runs on fewer pixels (a 12 MP photo in 384 px tiles: +13%
     instead of +29%). Without it every window of an axis has one size, which a compiled
-    network wants (a new tile shape compiles again): ``tile`` or one of the ``SHAPE_STEPS``
-    sizes ``SHAPE_STEP`` apart below it, whichever covers the axis with the fewest pixels
-    (on a tie the larger: fewer windows). One photo size is one shape; a portrait photo
-    among landscapes may be a second."""
+    network wants (a new tile shape compiles again): ``tile`` or ``SHAPE_STEP`` below it,
+    whichever covers the axis with the fewest pixels (on a tie the larger: fewer windows)."""
     if tile <= 0 or tile >= length:
         return [(0, length)]
     if overlap >= tile:
