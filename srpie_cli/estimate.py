@@ -184,8 +184,8 @@ def calibrate(enhancer, load_seconds: float = 0.0) -> Cost:
 def seconds(cost: Cost, sizes, settings, tile: int, compiled: bool) -> float:
     """The network's seconds for photos of ``sizes`` ((w, h) each), plus loading the model."""
     total = 0.0
-    for w, h in sizes:
-        calls, pixels = layout(w, h, tile, settings.overlap, cost.batch)
+    for w, h in sizes:  # a compiled run keeps one tile shape a photo (tiling.spans), an eager one fits its tiles
+        calls, pixels = layout(w, h, tile, settings.overlap, cost.batch, fit=not compiled)
         total += cost.a * calls + cost.b * pixels
     total *= 4 if settings.tta else 1
     if compiled:

@@ -128,3 +128,18 @@ def test_shoot_benchmark_puts_the_photo_path_before_beside_the_one_now(tmp_path)
     assert rep["metadata_seconds"]["check"] > 0
     with pytest.raises(SystemExit, match="not half, compile or ioN"):
         shoot(["--smoke", "--variants", "now+fp8"])
+
+
+def test_the_estimate_counts_the_tiles_a_compiled_run_makes():
+    """A compiled run keeps one tile shape a photo: more pixels than fitted tiles, and the
+    estimate counts those (a 24 MP photo in 320 px tiles: 15 x 22 of 288 px, where fitted
+    tiles are 14 x 20 of 304 x 320)."""
+    from srpie_cli.estimate import Cost, layout, seconds
+    from srpie_cli.inference import Settings
+
+    s = Settings(model="srpie-x2-fast", overlap=12)
+    one_shape, fitted = layout(6000, 4000, 320, 12, 1, fit=False), layout(6000, 4000, 320, 12, 1)
+    assert one_shape == (15 * 22, 15 * 22 * 288 * 288) and fitted == (14 * 20, 14 * 20 * 304 * 320)
+    cost = Cost(a=0.0, b=1e-6, compiled_share=1.0)
+    assert seconds(cost, [(6000, 4000)], s, 320, compiled=True) - seconds(cost, [(6000, 4000)], s, 320, compiled=False) \
+        == pytest.approx((one_shape[1] - fitted[1]) * 1e-6 + 30.0)
