@@ -56,24 +56,14 @@ def color(out: torch.Tensor, gt: torch.Tensor, passes: int = 3) -> torch.Tensor:
     return F.mse_loss(dual_kawase_blur(out, passes), dual_kawase_blur(gt, passes))
 
 
-def lab(x: torch.Tensor) -> torch.Tensor:
-    """CIE L*a*b* (D65) of sRGB in [0, 1], N x 3 x H x W, differentiable (``metrics.srgb_to_lab``
-    in torch; the cube root's slope is bounded near black)."""
-    c = x.clamp(0, 1)
-    lin = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
-                     device=x.device, dtype=x.dtype) / torch.tensor([0.95047, 1.0, 1.08883], device=x.device, dtype=x.dtype)[:, None]
-    xyz = torch.einsum("ij,njhw->nihw", m, lin)
-    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min((6 / 29) ** 3) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
-
-
 def chroma_gap(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of chroma (C*ab, per pixel, in units of 100): colour that is
     too grey or too loud, whatever its hue. L1 on RGB lets a look hedge between hues by
     greying; this term charges the greying itself."""
+    from srpie_cli.metrics import lab
+
     def chroma(v):
-        ab = lab(v)[:, 1:]
+        ab = lab(v.clamp(0, 1))[:, 1:]
         return (ab.pow(2).sum(1) + 1e-4).sqrt()
     return (chroma(out) - chroma(gt)).abs().mean() / 100
 

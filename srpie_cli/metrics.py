@@ -59,14 +59,22 @@ def ssim(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, y_channel: bool
 
 # ----------------------------------------------------------------------------- the look, as people see it
 
+def lab(x: torch.Tensor) -> torch.Tensor:
+    """CIE L*a*b* (D65) of sRGB, channels in dimension 1 (N x 3 x ...), differentiable (both
+    branches of each piecewise curve stay finite, so no NaN reaches a gradient)."""
+    lin = torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
+    m = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
+                     dtype=x.dtype, device=x.device)
+    xyz = torch.einsum("ij,nj...->ni...", m / m.new_tensor([0.95047, 1.0, 1.08883])[:, None], lin)
+    e = (6 / 29) ** 3
+    f = torch.where(xyz > e, xyz.clamp_min(e) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
 def srgb_to_lab(img: np.ndarray) -> np.ndarray:
-    """CIE L*a*b* (D65) of sRGB in [0, 1], H x W x 3."""
-    c = np.asarray(img, dtype=np.float64)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = lin @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
-    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+    """CIE L*a*b* (D65) of sRGB in [0, 1], ... x 3 (``lab`` in float64)."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.float64)).movedim(-1, 0)[None]
+    return lab(x)[0].movedim(0, -1).numpy()
 
 
 def look_stats(img: np.ndarray) -> dict[str, float]:

@@ -137,6 +137,18 @@ def conv(cin: int, cout: int, k: int, dilation: int = 1, stride: int = 1, groups
     return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, groups=groups)
 
 
+def centre_tap(w: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """A 1x1 kernel as a k x k one (zeros around its centre): the same convolution, which can
+    then be summed with, or stacked onto, a k x k kernel reading the same map."""
+    return F.pad(w, ((k - 1) // 2,) * 4)
+
+
+def after(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The kernel of a 1x1 convolution (weights ``outer``, O x C) applied after a convolution
+    with kernel ``inner`` (C x I x k x k): one O x I x k x k kernel."""
+    return torch.einsum("oc,cikl->oikl", outer, inner)
+
+
 # ----------------------------------------------------------------------------- decomposition
 
 def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -174,8 +186,7 @@ class FCA(nn.Module):
     def forward(self, x):
         # f_d1(x) - f_d2(x) as one convolution: the 1x1 kernel is the dilated kernel's centre
         # tap, so their difference is one dilated 3x3 (the same numbers, one pass, one map)
-        w = -self.f_d2.weight
-        w = w + F.pad(self.f_d1.weight, (1, 1, 1, 1))
+        w = centre_tap(self.f_d1.weight) - self.f_d2.weight
         z = F.conv2d(x, w, self.f_d1.bias - self.f_d2.bias, padding=self.f_d2.padding, dilation=self.f_d2.dilation)
         c_r = torch.sigmoid(z)
         return c_r * x + c_r
@@ -213,7 +224,7 @@ class MSB(nn.Module):
         d = self.act(self.dilated(x))
         # the 1x1 and the 3x3 on d as one 3x3 (the 1x1 kernel at its centre tap): the same
         # numbers, and 4q output channels run faster than 3q and q apart (oneDNN's blocks)
-        w = torch.cat([self.c3.weight, F.pad(self.c1.weight, (1, 1, 1, 1))])
+        w = torch.cat([self.c3.weight, centre_tap(self.c1.weight)])
         a3, r3, a1 = F.conv2d(d, w, torch.cat([self.c3.bias, self.c1.bias]), padding=1).split([q, 2 * q, q], dim=1)
         a5, r5 = self.c5(d).split([q, q], dim=1)
         kept = torch.cat([a1, a3, self.c3b(r3), a5, self.c5b(r5)], dim=1)
@@ -292,7 +303,7 @@ class MBFNet(nn.Module):
             bias = bias + on_b[:, :h] @ blk.from_msb.bias + on_b[:, h:] @ blk.from_prev.bias
             on_m[t - k] = on_m[t - k] + on_b[:, :h] @ blk.from_msb.weight[:, :, 0, 0]
             on_b = on_b[:, h:] @ blk.from_prev.weight[:, :, 0, 0]
-        acc = F.conv2d(x_id, torch.einsum("oc,cikl->oikl", on_h, self.h_id.weight), bias, padding=self.h_id.padding)
+        acc = F.conv2d(x_id, after(on_h, self.h_id.weight), bias, padding=self.h_id.padding)
         if on_b is not None:
             acc = acc + F.conv2d(self.bpbs[0](msb_outs[-1]), on_b[:, :, None, None])
         for m, w in zip(msb_outs, on_m):
@@ -705,7 +716,7 @@ class DUNet(nn.Module):
     def _first(self, conv, k, x, bias=None):
         """A path's first conv: parts 1 and 2 as they are, part 3 (the skip) through ``k``."""
         p, n = self.p, k.shape[1] - self.p
-        weight = torch.cat([conv.weight[:2 * p], torch.einsum("oc,cikl->oikl", k[:, n:], conv.weight[2 * p:])])
+        weight = torch.cat([conv.weight[:2 * p], after(k[:, n:], conv.weight[2 * p:])])
         skip_bias = k[:, n:] @ conv.bias[2 * p:] + (0 if bias is None else bias)
         out = F.conv2d(x, weight, torch.cat([conv.bias[:2 * p], skip_bias]), padding=conv.padding)
         return out.split([p, p, len(k)], dim=1)
@@ -713,7 +724,7 @@ class DUNet(nn.Module):
     def _second(self, conv, k, x):
         """A path's second conv with ``k``'s share of the fusion folded in: 3 s^2 channels."""
         n = k.shape[1] - self.p
-        return F.conv2d(x, torch.einsum("oc,cikl->oikl", k[:, :n], conv.weight), k[:, :n] @ conv.bias,
+        return F.conv2d(x, after(k[:, :n], conv.weight), k[:, :n] @ conv.bias,
                         padding=conv.padding)
 
 

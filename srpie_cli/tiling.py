@@ -92,7 +92,7 @@ FIT_ALIGN = 8  # fitted tiles stay multiples of 8 (PENet works at 1/8 and would 
 # in 320 px ones 28.7). Steps of 32 keep the sides multiples of 32, at which oneDNN's kernels
 # ran at the same speed per pixel from 288 to 352 (benchmarks/RESULTS.md). Two sizes an axis
 # make at most four tile shapes, each compiled once, whatever the sizes of a shoot's photos.
-SHAPE_STEP, SHAPE_STEPS = 32, 1
+SHAPE_STEP = 32
 
 
 def _windows(length: int, tile: int, overlap: int) -> int:
@@ -118,7 +118,7 @@ def spans(length: int, tile: int, overlap: int, fit: bool = False) -> list[tuple
         n = _windows(length, tile, overlap)
         tile = min(tile, -(-(math.ceil((length - overlap) / n) + overlap) // FIT_ALIGN) * FIT_ALIGN)
     else:
-        sizes = [tile] + [tile - SHAPE_STEP * k for k in range(1, SHAPE_STEPS + 1) if tile - SHAPE_STEP * k > 2 * overlap]
+        sizes = (tile, tile - SHAPE_STEP) if tile - SHAPE_STEP > 2 * overlap else (tile,)
         tile = min(sizes, key=lambda t: (_windows(length, t, overlap) * t, -t))
         n = _windows(length, tile, overlap)
     starts = [round(i * (length - tile) / (n - 1)) for i in range(n)] if n > 1 else [0]

@@ -62,15 +62,9 @@ def test_content_loss_needs_a_local_file(tmp_path):
         VGGContent(bad)
 
 
-def test_lab_matches_the_metric_and_the_chroma_gap_charges_greying():
-    import numpy as np
+def test_the_chroma_gap_charges_greying():
+    from srpie_cli.losses import chroma_gap
 
-    from srpie_cli.losses import chroma_gap, lab
-    from srpie_cli.metrics import srgb_to_lab
-
-    img = np.random.default_rng(0).random((9, 7, 3))
-    ours = lab(torch.from_numpy(img).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
-    assert np.abs(ours - srgb_to_lab(img)).max() < 1e-6
     gt = torch.rand(2, 3, 16, 16)
     grey = gt.mean(1, keepdim=True)
     assert chroma_gap(gt, gt) < 1e-6 < chroma_gap(0.5 * gt + 0.5 * grey, gt) < chroma_gap(grey.expand_as(gt), gt)
