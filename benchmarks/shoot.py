@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jobs", type=int, nargs="+", default=[1], metavar="N",
                     help="worker processes (or Ray actors with --ray) for each model, e.g. --jobs 1 2")
     ap.add_argument("--ray", metavar="ADDRESS", help='Ray actors instead of processes: "local", "auto" or ray://...')
-    ap.add_argument("--precision", nargs="+", default=["float32"], choices=("auto", "float32", "bfloat16"),
+    ap.add_argument("--precision", nargs="+", default=["float32"], choices=defaults.PRECISIONS,
                     help="each model in each precision (srpie enhance --precision); NAME@PRECISION sets one's")
     ap.add_argument("--repeat", type=int, default=1, help="run each row this many times, keep the fastest")
     ap.add_argument("--reference", action="store_true",

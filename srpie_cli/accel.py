@@ -51,6 +51,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from srpie_cli.int8 import Int8Convs
 from srpie_cli.model import Upscaler
 
 
@@ -139,7 +140,7 @@ def can_compile(device: torch.device) -> str | None:
 
 def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bool | None = None,
             threads: int | None = None, on_fallback: Callable[[str], None] | None = None,
-            bf16: bool = False) -> Prepared:
+            bf16: bool = False, int8: list[dict] | None = None) -> Prepared:
     """Move ``model`` to ``device`` in eval mode and wrap it for fast inference.
 
     Args:
@@ -149,6 +150,10 @@ def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bo
         threads: intra-op threads for the CPU (None: PyTorch's default, one per core).
         on_fallback: told why when compiling is skipped or fails and eager runs instead.
         bf16: run in bfloat16 (see the module docstring; the caller checks ``bf16_support``).
+        int8: with ``bf16`` and compiled, the network's calibration (``int8.read``): the
+            compiled tiles run their feature convolutions in int8 (``int8.Int8Convs``; the
+            caller checks ``int8.vnni_support``). A calibration that does not fit the network
+            is said through ``on_fallback``, and bfloat16 runs.
 
     A network with a global look also gets ``upscaler``: the same network without its look
     (``model.Upscaler``), prepared the same way, which ``tiling.upscale`` runs tile by tile
@@ -170,11 +175,22 @@ def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bo
         elif on_fallback:
             on_fallback(f"not compiling: {reason}")
     split = device.type == "cpu"
+    tiles = None  # what runs the tiles compiled, when int8 convolutions do
+    if net is not None and int8 is not None and bf16:
+        try:
+            tiles = _compiled(Int8Convs(Upscaler(net), Upscaler(model), int8))
+        except ValueError as e:
+            if on_fallback:
+                on_fallback(f"not running int8: {e}; bfloat16 instead")
     upscaler = None
     if getattr(model, "global_look", None) is not None:
-        upscaler = Prepared(Upscaler(model), _compiled(Upscaler(net)) if net is not None else None, split,
-                            on_fallback, bf16)
-    return Prepared(model, _compiled(net) if net is not None else None, split, on_fallback, bf16, upscaler)
+        if tiles is None and net is not None:
+            tiles = _compiled(Upscaler(net))
+        upscaler = Prepared(Upscaler(model), tiles, split, on_fallback, bf16)
+        tiles = None  # the whole network (look and all) stays bfloat16: it runs on thumbnails
+    if tiles is None and net is not None:
+        tiles = _compiled(net)
+    return Prepared(model, tiles, split, on_fallback, bf16, upscaler)
 
 
 def _compiled(net: nn.Module) -> Callable:

@@ -196,11 +196,13 @@ class Precision(str, Enum):
     auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
+    int8 = "int8"
 
 
 PrecisionOpt = Annotated[Precision, typer.Option(
-    rich_help_panel=ADVANCED, help="auto: bfloat16 on a CPU with AVX512-BF16 or AMX, float16 on CUDA with --half, "
-    "else float32; float32 to force it.")]
+    rich_help_panel=ADVANCED, help="auto: on a CPU with AVX512-BF16 or AMX, bfloat16, and int8 convolutions where "
+    "it also has VNNI and the model a calibration (srpie calibrate); float16 on CUDA with --half; else float32. "
+    "float32 to force it.")]
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, metavar="MP",
                                          help="Refuse larger inputs (decompression bombs).")]
 ThreadsOpt = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED,
@@ -842,3 +844,40 @@ def train_look(
         raise fail(_esc(e), EXIT_FAILED) from None
     out.print(json.dumps(meta["scores"], indent=1))
 
+
+
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or weights file.")],
+    photos: Annotated[list[Path], typer.Argument(exists=True, metavar="PHOTOS...",
+                                                 help="Photos or folders like the ones it will enhance: a few dozen.")],
+):
+    """Measure a model's feature ranges for int8 (VNNI) on this kind of photo: writes
+    NAME.int8.json beside its weights file, with which --precision auto runs int8 on a CPU that
+    has it. The shipped srpie-x2-fast comes calibrated.
+
+    Example: srpie calibrate house.pt shoots/2026-05-wedding/
+    """
+    from srpie_cli.batch import walk
+    from srpie_cli.int8 import calibrate_photos, calibration_path, save
+    from srpie_cli.weights import load_model, resolve
+
+    try:
+        path = resolve(model)
+        if path is None:
+            raise SrpieError(f"{model}: its weights file is not installed")
+        net, _ = load_model(path)
+        errors: list = []
+        files = [f for p in photos for f in (walk(p, set(), errors) if p.is_dir() else [p])]
+        warn = lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False)  # noqa: E731
+        for e in errors:
+            warn(f"{e.input}: skipped ({e.reason})")
+        convs, seen = calibrate_photos(net, files, warn)
+        if not seen:
+            raise SrpieError("no photo could be read: nothing to calibrate on")
+    except SrpieError as e:
+        raise fail(_esc(e), EXIT_FAILED) from None
+    target = calibration_path(path)
+    command = " ".join(shlex.quote(str(a)) for a in ["srpie", "calibrate", model, *photos])
+    save(target, net, convs, {"model": model, "photos": seen, "command": command})
+    out.print(f"{seen} photos, {len(convs)} convolutions: {_esc(target)}", highlight=False)

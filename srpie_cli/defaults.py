@@ -43,8 +43,10 @@ COMPILE = "auto"  # torch.compile: on, off, or auto (on a CPU for runs of COMPIL
 # the CPU time per megapixel: it pays from a few megapixels on
 COMPILE_MIN_MP = 8.0
 # Arithmetic precision: auto (bfloat16 on a CPU with AVX512-BF16 or AMX: 2.3x float32 compiled
-# at 54 dB PSNR from it; float16 on CUDA with --half), float32 or bfloat16
+# at 54 dB PSNR from it, and int8 convolutions where it also has VNNI and the model a
+# calibration; float16 on CUDA with --half), float32, bfloat16 or int8
 PRECISION = "auto"
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")  # int8: bfloat16 with int8 feature convolutions (int8.py)
 # Threads that decode the next photos and encode finished ones while the network works
 # (Pillow's codecs release the GIL; batch.py: two photos decode ahead, and with more threads
 # more outputs encode at once). On a CPU the network takes every core: two. On CUDA the cores

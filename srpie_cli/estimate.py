@@ -28,6 +28,9 @@ COMPILED_SHARE = 0.67
 # a compiled bfloat16 copy against eager bfloat16 autocast, one 192 px tile of srpie-x2-fast on
 # a 2-core AVX512-BF16 CPU: 0.182 s against 1.36 s (accel.py; a busy machine, one measurement)
 COMPILED_SHARE_BF16 = 0.134
+# int8 convolutions in the compiled tiles (int8.py): a 24 MP photo of srpie-x2-fast through the
+# network in 34.8 s against 46.0 in bfloat16, one run (benchmarks/RESULTS.md)
+COMPILED_SHARE_INT8 = COMPILED_SHARE_BF16 * 34.8 / 46.0
 COMPILE_SECONDS = 30.0
 SMALL = 40  # side of the small calibration image, input pixels
 CALIBRATION_SECONDS = 4.0  # a timing is repeated (best of three) while the repeats cost less than half this
@@ -220,6 +223,8 @@ def cost_for(settings, megapixels: float, warn=lambda m: None) -> tuple[Cost, bo
     enhancer = load(replace(settings, compile="off"), warn)
     loaded = time.perf_counter() - t
     t = time.perf_counter()
-    cost = calibrate(enhancer, loaded)
+    cost = calibrate(enhancer, loaded)  # eager bfloat16 (int8 runs in compiled tiles only)
+    if precision == "int8":
+        cost = replace(cost, compiled_share=COMPILED_SHARE_INT8)
     remember(key, cost)
     return cost, compiled, tile, f"calibrated now in {time.perf_counter() - t:.1f} s"

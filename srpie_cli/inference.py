@@ -58,14 +58,18 @@ def default_model(device: str) -> str:
     return defaults.CPU_MODEL if device == "cpu" else defaults.MODEL
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = defaults.PRECISIONS
 
 
 def pick_precision(settings: Settings, device, warn: Callable[[str], None]) -> str:
-    """What the network runs in: "float32", "bfloat16" or "float16" (``--half``, CUDA only).
-    auto: bfloat16 on a CPU that runs it natively (``accel.bf16_support``), else float32;
-    on CUDA ``--half`` decides, as before. bfloat16 where the device lacks it: float32, said."""
+    """What the network runs in: "float32", "bfloat16", "int8" or "float16" (``--half``, CUDA
+    only). auto: on a CPU, int8 where it runs natively (``int8.vnni_support``) and the model
+    has a calibration (``weights.calibration_file``), else bfloat16 where that runs natively
+    (``accel.bf16_support``), else float32; on CUDA ``--half`` decides, as before. A precision
+    the device or model lacks: the next one down, said. int8 is bfloat16 with the feature
+    convolutions of compiled tiles in int8 (``int8.py``)."""
     from srpie_cli.accel import bf16_support
+    from srpie_cli.int8 import vnni_support
 
     if settings.precision not in PRECISIONS:
         raise SrpieError(f"unknown precision {settings.precision!r}: use {', '.join(PRECISIONS)}")
@@ -76,10 +80,31 @@ def pick_precision(settings: Settings, device, warn: Callable[[str], None]) -> s
     if settings.half and device.type != "cuda":
         warn("--half needs a CUDA device; ignored on the CPU")
     lacks = bf16_support(device) if settings.precision != "float32" else "float32 asked for"
-    if settings.precision == "bfloat16" and lacks:
-        warn(f"--precision bfloat16: {lacks}; running in float32")
-    auto_ok = settings.precision == "auto" and device.type == "cpu"
+    if settings.precision in ("auto", "int8") and not lacks:
+        no_int8 = ("int8 runs on the CPU only" if device.type != "cpu" else vnni_support()
+                   or (None if calibration_file(settings.model) else
+                       f"{settings.model} has no int8 calibration (srpie calibrate makes one)"))
+        if no_int8 is None:
+            return "int8"
+        if settings.precision == "int8":
+            warn(f"--precision int8: {no_int8}; running in bfloat16")
+    if settings.precision in ("bfloat16", "int8") and lacks:
+        warn(f"--precision {settings.precision}: {lacks}; running in float32")
+    auto_ok = settings.precision in ("auto", "int8") and device.type == "cpu"
     return "bfloat16" if not lacks and (settings.precision == "bfloat16" or auto_ok) else "float32"
+
+
+def calibration_file(model: str):
+    """The int8 calibration file of a model name or weights file, or None."""
+    from srpie_cli.int8 import calibration_path
+    from srpie_cli.weights import resolve
+
+    try:
+        path = resolve(model)
+    except SrpieError:
+        return None
+    path = path and calibration_path(path)
+    return path if path is not None and path.is_file() else None
 
 
 @dataclass
@@ -157,8 +182,16 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
     model, meta = load_model(settings.model)
-    with_strength(model, settings.strength)
     precision = pick_precision(settings, device, warn)
+    calibration = None
+    if precision == "int8":  # read before --strength changes the look's last layers: it is for the file's weights
+        from srpie_cli.int8 import read
+
+        try:
+            calibration = read(calibration_file(settings.model), model)
+        except ValueError as e:
+            warn(f"not running int8: {e}; bfloat16 instead")
+    with_strength(model, settings.strength)
     settings = replace(settings, half=precision == "float16", precision=precision)
     meta = {**meta, "precision": precision, "default_for": device.type
             if settings.model == default_model(device.type) else None}
@@ -170,7 +203,11 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
         settings = replace(settings, io_threads=defaults.IO_THREADS.get(device.type, defaults.IO_THREADS["cpu"]))
     auto = device.type == "cpu" and megapixels >= defaults.COMPILE_MIN_MP
     want = {"on": True, "off": False}.get(settings.compile, auto)
-    model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision == "bfloat16")
+    if precision == "int8" and (calibration is None or not want):
+        precision = "bfloat16"  # int8 runs in compiled tiles only: a small photo runs eager bfloat16
+        settings, meta = replace(settings, precision=precision), {**meta, "precision": precision}
+    model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision in ("bfloat16", "int8"),
+                    int8=calibration)
     if meta.get("untrained"):
         warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
              "is a plain bicubic 2x upscale, not an enhancement")

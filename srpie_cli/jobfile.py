@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from srpie_cli import SrpieError
+from srpie_cli import SrpieError, defaults
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,7 +99,7 @@ KEYS: dict[str, tuple[str, Callable]] = {
     "overwrite": ("overwrite", _flag),
     "tta": ("tta", _flag),
     "half": ("half", _flag),
-    "precision": ("precision", _choice("auto", "float32", "bfloat16")),
+    "precision": ("precision", _choice(*defaults.PRECISIONS)),
     "device": ("device", _text),
     "tile": ("tile", _number(0, 1 << 16, int)),
     "overlap": ("overlap", _number(0, 1 << 12, int)),

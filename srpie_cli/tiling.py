@@ -315,7 +315,7 @@ def default_tile(device: torch.device, precision: str = "float32") -> int:
     bfloat16), else ``DEFAULT_TILE``."""
     if device.type != "cpu":
         return DEFAULT_TILE
-    return defaults.CPU_TILE_BF16 if precision == "bfloat16" else CPU_TILE
+    return defaults.CPU_TILE_BF16 if precision in ("bfloat16", "int8") else CPU_TILE
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -63,10 +63,11 @@ def test_bfloat16_compiled_stays_within_45_db_of_float32():
 
 
 def test_precision_auto_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch):
-    from srpie_cli import accel
+    from srpie_cli import accel, int8
 
     said = []
     cpu = torch.device("cpu")
+    monkeypatch.setattr(int8, "vnni_support", lambda: "no VNNI")  # int8: tests/test_int8.py
     monkeypatch.setattr(accel, "bf16_support", lambda device: None)
     assert pick_precision(Settings(precision="auto"), cpu, said.append) == "bfloat16"
     assert pick_precision(Settings(precision="float32"), cpu, said.append) == "float32"
@@ -86,7 +87,7 @@ def test_half_keeps_its_meaning():
     assert "--half is ignored" in said[-1]
     assert pick_precision(Settings(half=True, precision="float32"), torch.device("cpu"), said.append) == "float32"
     with pytest.raises(Exception, match="unknown precision"):
-        pick_precision(Settings(precision="int8"), torch.device("cpu"), said.append)
+        pick_precision(Settings(precision="int4"), torch.device("cpu"), said.append)
 
 
 def test_the_default_model_is_chosen_per_device():
@@ -113,10 +114,10 @@ def test_enhance_precision_option_and_header(tmp_path, tiny_model, monkeypatch):
                             "--device", "cpu", "--precision", "float32"])
     assert r.exit_code == 0, r.output
     assert "float32" in r.output and (tmp_path / "o" / "a.png").is_file()
-    r = runner.invoke(app, ["enhance", str(tmp_path / "s"), "--precision", "int8"])
+    r = runner.invoke(app, ["enhance", str(tmp_path / "s"), "--precision", "int4"])
     assert r.exit_code == 2
     # a job file may set it too
-    (tmp_path / "s" / "srpie.toml").write_text('precision = "int8"\n')
+    (tmp_path / "s" / "srpie.toml").write_text('precision = "int4"\n')
     r = runner.invoke(app, ["enhance", str(tmp_path / "s"), "-o", str(tmp_path / "o2"), "--model", str(tiny_model)])
     assert r.exit_code == 2 and "precision" in r.output
 
