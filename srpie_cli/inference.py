@@ -36,7 +36,7 @@ class Settings:
     threads: int = 0  # CPU threads for the network (0: PyTorch's default, all cores)
     strength: float = defaults.STRENGTH  # how much of the model's look to apply (model.with_strength)
     scale: int = defaults.SCALE  # output size: the model's (2x), or 1: the look alone at the input's size
-    precision: str = defaults.PRECISION  # "auto", "float32" or "bfloat16" (load resolves auto)
+    precision: str = defaults.PRECISION  # "auto", "float32", "bfloat16" or "int8" (load resolves auto)
     # tiles cut, blended and rounded to the output's bits on the network's device, the photo
     # crossing the bus once each way (tiling.upload); None: on any device but the CPU (load
     # resolves it); False: on the host, each batch of tiles copied over and back (the path before)
@@ -165,8 +165,9 @@ class Enhancer:
 
 def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megapixels: float = 0.0) -> Enhancer:
     """The model of ``settings`` ready for inference: threads set, the tile chosen for the
-    device, the precision resolved (``pick_precision``: bfloat16 on a CPU that has it,
-    ``--half`` dropped with a warning off CUDA), torch.compile on a CPU when the run is large
+    device, the precision resolved (``pick_precision``: bfloat16 on a CPU that has it, int8
+    convolutions where it has VNNI and the model a calibration, read here before ``--strength``
+    edits the weights; ``--half`` dropped with a warning off CUDA), torch.compile on a CPU when the run is large
     enough (``megapixels``), an untrained model announced through ``warn``, and where the tiles
     are blended (``on_device``) and how many threads decode and encode (``io_threads``) chosen
     for the device. ``meta`` gains ``precision`` and ``default_for`` (the device type when the
