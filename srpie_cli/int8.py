@@ -50,7 +50,7 @@ MARGIN = 0.125  # each calibrated range widened by this share of its span on bot
 def quantised(cin: int, groups: int, kernel: int) -> bool:
     """Whether a convolution reading ``cin`` channels in ``groups`` groups with a ``kernel`` x
     ``kernel`` kernel runs in int8. Not a 1x1 one: it does too little arithmetic a pixel to pay
-    for quantising its input (a 352 px tile of srpie-x2-fast compiled ran 1.08-1.10x faster
+    for quantising its input (a 352 px tile of srpie-x2-fast compiled ran 1.08x faster
     with its 1x1 convolutions left in bfloat16 than with them in int8)."""
     return groups == 1 and cin > IMAGE_CHANNELS and kernel > 1
 
