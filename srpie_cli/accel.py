@@ -69,7 +69,7 @@ class Prepared(nn.Module):
 
     def __init__(self, model: nn.Module, compiled: Callable | None, split: bool,
                  on_fallback: Callable[[str], None] | None = None, bf16: bool = False,
-                 upscaler: Prepared | None = None):
+                 upscaler: Prepared | None = None, int8: bool = False):
         super().__init__()
         self.model = model
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: the weights are the model's
@@ -77,6 +77,7 @@ class Prepared(nn.Module):
         self.split = split
         self.on_fallback = on_fallback
         self.bf16 = bf16
+        self.int8 = int8  # ``compiled`` runs int8 convolutions (int8.Int8Convs)
 
     def eager(self) -> Prepared:
         """The same network and precision without the compiled form (a tile shape of its own)."""
@@ -94,6 +95,12 @@ class Prepared(nn.Module):
     @property
     def compiled(self) -> bool:
         return self._compiled is not None
+
+    @property
+    def runs_int8(self) -> bool:
+        """Whether the tiles run int8 convolutions (compiled, and not fallen back to eager)."""
+        tiles = self.upscaler if self.upscaler is not None else self
+        return tiles.int8 and tiles.compiled
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
         """``context``: the global context of networks that take one (``model.wants_context``)."""
@@ -182,15 +189,16 @@ def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bo
         except ValueError as e:
             if on_fallback:
                 on_fallback(f"not running int8: {e}; bfloat16 instead")
+    quantised = tiles is not None
     upscaler = None
     if getattr(model, "global_look", None) is not None:
         if tiles is None and net is not None:
             tiles = _compiled(Upscaler(net))
-        upscaler = Prepared(Upscaler(model), tiles, split, on_fallback, bf16)
-        tiles = None  # the whole network (look and all) stays bfloat16: it runs on thumbnails
+        upscaler = Prepared(Upscaler(model), tiles, split, on_fallback, bf16, int8=quantised)
+        tiles, quantised = None, False  # the whole network (look and all) stays bfloat16: it runs on thumbnails
     if tiles is None and net is not None:
         tiles = _compiled(net)
-    return Prepared(model, tiles, split, on_fallback, bf16, upscaler)
+    return Prepared(model, tiles, split, on_fallback, bf16, upscaler, int8=quantised)
 
 
 def _compiled(net: nn.Module) -> Callable:

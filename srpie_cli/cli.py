@@ -192,11 +192,7 @@ HalfOpt = Annotated[bool, typer.Option("--half", rich_help_panel=ADVANCED,
                                        help="float16 on CUDA (ignored with a warning on the CPU).")]
 
 
-class Precision(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    int8 = "int8"
+Precision = Enum("Precision", {p: p for p in defaults.PRECISIONS}, type=str)
 
 
 PrecisionOpt = Annotated[Precision, typer.Option(
@@ -860,18 +856,18 @@ def calibrate(
     """
     from srpie_cli.batch import walk
     from srpie_cli.int8 import calibrate_photos, calibration_path, save
-    from srpie_cli.weights import load_model, resolve
+    from srpie_cli.weights import load_model, resolve, weights_dir
 
     try:
         path = resolve(model)
         if path is None:
-            raise SrpieError(f"{model}: its weights file is not installed")
+            raise SrpieError(f"{model}: its weights file is not installed (looked in {weights_dir()})")
         net, _ = load_model(path)
         errors: list = []
         files = [f for p in photos for f in (walk(p, set(), errors) if p.is_dir() else [p])]
         warn = lambda m: err.print(f"[bold yellow]warning:[/] {_esc(m)}", highlight=False)  # noqa: E731
         for e in errors:
-            warn(f"{e.input}: skipped ({e.reason})")
+            warn(f"{e.input}: {e.reason}")
         convs, seen = calibrate_photos(net, files, warn)
         if not seen:
             raise SrpieError("no photo could be read: nothing to calibrate on")
@@ -879,5 +875,8 @@ def calibrate(
         raise fail(_esc(e), EXIT_FAILED) from None
     target = calibration_path(path)
     command = " ".join(shlex.quote(str(a)) for a in ["srpie", "calibrate", model, *photos])
-    save(target, net, convs, {"model": model, "photos": seen, "command": command})
+    try:
+        save(target, net, convs, {"model": model, "photos": seen, "command": command})
+    except OSError as e:
+        raise fail(f"{_esc(target)}: cannot write the calibration ({_esc(e.strerror or e)})", EXIT_FAILED) from None
     out.print(f"{seen} photos, {len(convs)} convolutions: {_esc(target)}", highlight=False)

@@ -64,47 +64,37 @@ PRECISIONS = defaults.PRECISIONS
 def pick_precision(settings: Settings, device, warn: Callable[[str], None]) -> str:
     """What the network runs in: "float32", "bfloat16", "int8" or "float16" (``--half``, CUDA
     only). auto: on a CPU, int8 where it runs natively (``int8.vnni_support``) and the model
-    has a calibration (``weights.calibration_file``), else bfloat16 where that runs natively
+    has a calibration (``int8.calibration_file``), else bfloat16 where that runs natively
     (``accel.bf16_support``), else float32; on CUDA ``--half`` decides, as before. A precision
-    the device or model lacks: the next one down, said. int8 is bfloat16 with the feature
-    convolutions of compiled tiles in int8 (``int8.py``)."""
+    the device or model lacks: the next one down (int8, bfloat16, float32), said. int8 is
+    bfloat16 with the feature convolutions of compiled tiles in int8 (``int8.py``)."""
     from srpie_cli.accel import bf16_support
-    from srpie_cli.int8 import vnni_support
+    from srpie_cli.int8 import calibration_file, vnni_support
 
-    if settings.precision not in PRECISIONS:
-        raise SrpieError(f"unknown precision {settings.precision!r}: use {', '.join(PRECISIONS)}")
-    if settings.half and settings.precision != "auto":
-        warn(f"--half is ignored with --precision {settings.precision}")
-    if settings.half and settings.precision == "auto" and device.type == "cuda":
+    asked = settings.precision
+    if asked not in PRECISIONS:
+        raise SrpieError(f"unknown precision {asked!r}: use {', '.join(PRECISIONS)}")
+    if settings.half and asked != "auto":
+        warn(f"--half is ignored with --precision {asked}")
+    if settings.half and asked == "auto" and device.type == "cuda":
         return "float16"
     if settings.half and device.type != "cuda":
         warn("--half needs a CUDA device; ignored on the CPU")
-    lacks = bf16_support(device) if settings.precision != "float32" else "float32 asked for"
-    if settings.precision in ("auto", "int8") and not lacks:
+    lacks = bf16_support(device) if asked != "float32" else "float32 asked for"
+    if asked in ("auto", "int8") and not lacks:
         no_int8 = ("int8 runs on the CPU only" if device.type != "cpu" else vnni_support()
                    or (None if calibration_file(settings.model) else
                        f"{settings.model} has no int8 calibration (srpie calibrate makes one)"))
         if no_int8 is None:
             return "int8"
-        if settings.precision == "int8":
+        if asked == "int8":
             warn(f"--precision int8: {no_int8}; running in bfloat16")
-    if settings.precision in ("bfloat16", "int8") and lacks:
+    if asked == "int8":
+        asked = "bfloat16"  # the next one down
+    if asked == "bfloat16" and lacks:
         warn(f"--precision {settings.precision}: {lacks}; running in float32")
-    auto_ok = settings.precision in ("auto", "int8") and device.type == "cpu"
-    return "bfloat16" if not lacks and (settings.precision == "bfloat16" or auto_ok) else "float32"
-
-
-def calibration_file(model: str):
-    """The int8 calibration file of a model name or weights file, or None."""
-    from srpie_cli.int8 import calibration_path
-    from srpie_cli.weights import resolve
-
-    try:
-        path = resolve(model)
-    except SrpieError:
-        return None
-    path = path and calibration_path(path)
-    return path if path is not None and path.is_file() else None
+    auto_ok = asked == "auto" and device.type == "cpu"
+    return "bfloat16" if not lacks and (asked == "bfloat16" or auto_ok) else "float32"
 
 
 @dataclass
@@ -183,13 +173,17 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
     model, meta = load_model(settings.model)
-    precision = pick_precision(settings, device, warn)
+    asked, precision = settings.precision, pick_precision(settings, device, warn)
     calibration = None
     if precision == "int8":  # read before --strength changes the look's last layers: it is for the file's weights
-        from srpie_cli.int8 import read
+        from srpie_cli.int8 import calibration_file, read
 
         try:
             calibration = read(calibration_file(settings.model), model)
+            if calibration is not None and settings.strength != 1 and (model.global_look is None
+                                                                      or model.cfg.own_look_input):
+                calibration = None  # --strength edits PENet, whose output the tiles' int8 convolutions read
+                warn("not running int8: its calibration is for --strength 1 on this model; bfloat16 instead")
         except ValueError as e:
             warn(f"not running int8: {e}; bfloat16 instead")
     with_strength(model, settings.strength)
@@ -204,11 +198,13 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
         settings = replace(settings, io_threads=defaults.IO_THREADS.get(device.type, defaults.IO_THREADS["cpu"]))
     auto = device.type == "cpu" and megapixels >= defaults.COMPILE_MIN_MP
     want = {"on": True, "off": False}.get(settings.compile, auto)
-    if precision == "int8" and (calibration is None or not want):
-        precision = "bfloat16"  # int8 runs in compiled tiles only: a small photo runs eager bfloat16
-        settings, meta = replace(settings, precision=precision), {**meta, "precision": precision}
+    if precision == "int8" and calibration is not None and not want and asked == "int8":
+        warn("--precision int8: int8 runs in compiled tiles only (--compile on); running in bfloat16")
     model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision in ("bfloat16", "int8"),
-                    int8=calibration)
+                    int8=calibration if precision == "int8" else None)
+    if precision == "int8" and not model.runs_int8:  # no calibration, not compiled, or it did not fit: said
+        precision = "bfloat16"
+        settings, meta = replace(settings, precision=precision), {**meta, "precision": precision}
     if meta.get("untrained"):
         warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
              "is a plain bicubic 2x upscale, not an enhancement")

@@ -17,7 +17,9 @@ sums) up to twice as fast as the same one in bfloat16 on AVX512-VNNI. What it ta
 * **Which convolutions**: the 3x3 and 5x5 ones reading feature maps (``quantised``). The ones
   reading the photo (3 channels) or its decomposition (6) keep bfloat16: 256 levels over a
   feature's range would lose the photo's own gradations. Depthwise and 1x1 convolutions keep
-  it too: too little arithmetic for their input's quantising to pay.
+  it too: too little arithmetic for their input's quantising to pay. DUNet's first
+  convolutions read the image beside 32 feature channels (``du_features``): they are
+  quantised over the one range of both, which the measured PSNR includes.
 
 The network's forward pass is unchanged: every convolution it makes goes through
 ``torch.nn.functional.conv2d``, and a ``TorchFunctionMode`` hands the n-th one to the n-th
@@ -163,7 +165,8 @@ class Int8Convs(nn.Module):
         self.net = net
         found = kernels(reference)
         if len(found) != len(calibration) or any(list(k[0].shape) != c["weight"] for k, c in zip(found, calibration)):
-            raise ValueError("the int8 calibration is for another network (its convolutions differ)")
+            raise ValueError("the int8 calibration is for another network (its convolutions differ; "
+                             "srpie calibrate makes a new one)")
         self.plan = [QConv(*k, c["lo"], c["hi"]) if quantised(k[0].shape[1] * k[5], k[5], k[0].shape[-1]) else None
                      for k, c in zip(found, calibration)]
 
@@ -183,6 +186,19 @@ def calibration_path(weights_file: Path) -> Path:
     return weights_file.with_suffix(".int8.json")
 
 
+def calibration_file(model: str) -> Path | None:
+    """The calibration file of a model name or weights file (``calibration_path``), or None."""
+    from srpie_cli import SrpieError
+    from srpie_cli.weights import resolve
+
+    try:
+        path = resolve(model)
+    except SrpieError:
+        return None
+    path = path and calibration_path(path)
+    return path if path is not None and path.is_file() else None
+
+
 def save(path: Path, net: nn.Module, convs: list[dict], about: dict) -> None:
     """Write a calibration (``about``: how it was made: photos, command)."""
     head = {"format": FORMAT, "weights": fingerprint(net), **about}
@@ -192,21 +208,23 @@ def save(path: Path, net: nn.Module, convs: list[dict], about: dict) -> None:
     tmp.replace(path)
 
 
-def read(path: Path, net: nn.Module) -> list[dict] | None:
+def read(path: Path | None, net: nn.Module) -> list[dict] | None:
     """The calibration at ``path`` for ``net``'s weights; None when there is none. ValueError
     when the file is not one, or is for other weights."""
-    if not path.is_file():
+    if path is None or not path.is_file():
         return None
     try:
         blob = json.loads(path.read_text())
-        ok = blob.get("format") == FORMAT and isinstance(blob.get("convs"), list)
-    except (ValueError, OSError, AttributeError) as e:
-        raise ValueError(f"{path.name}: not an int8 calibration ({e})") from None
+        convs = blob["convs"] if blob.get("format") == FORMAT else None
+        ok = isinstance(convs, list) and all(isinstance(c["weight"], list) and float(c["lo"]) <= 0 <= float(c["hi"])
+                                             for c in convs)
+    except (ValueError, OSError, AttributeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an int8 calibration ({e})") from None
     if not ok:
-        raise ValueError(f"{path.name}: not an int8 calibration (expected format {FORMAT!r})")
+        raise ValueError(f"{path}: not an int8 calibration (expected format {FORMAT!r})")
     if blob.get("weights") != fingerprint(net):
-        raise ValueError(f"{path.name}: the calibration is for other weights")
-    return blob["convs"]
+        raise ValueError(f"{path}: the calibration is for other weights (srpie calibrate makes a new one)")
+    return convs
 
 
 # ----------------------------------------------------------------------------- calibrating on photos
@@ -254,11 +272,11 @@ def calibrate_photos(model: nn.Module, photos: Iterable[Path],
         try:
             x = to_tensor(images.to_float(images.read_photo(path).pixels))
         except (SrpieError, OSError) as e:
-            warn(f"{path}: skipped ({e})")
+            warn(f"skipped: {e}")
             continue
         if model.global_look is not None:
             with torch.inference_mode():
-                x = apply_look(model.global_look, x)
-        tiles += tiles_of(x)
+                x = apply_look(model.global_look, x, overwrite=True)
+        tiles += [t.clone() for t in tiles_of(x)]  # copies: the whole photo is not kept
         seen += 1
     return calibrate(Upscaler(model), tiles), seen

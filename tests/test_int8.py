@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from srpie_cli import int8
-from srpie_cli.inference import Settings, calibration_file, pick_precision
+from srpie_cli.accel import can_compile
+from srpie_cli.inference import Settings, pick_precision
+from srpie_cli.int8 import calibration_file
 from srpie_cli.model import Upscaler
 from srpie_cli.weights import load_model, resolve
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(int8.vnni_support() is not None, reason="no int8 convolutions on this CPU")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_vnni = pytest.mark.skipif(int8.vnni_support() is not None, reason="no int8 convolutions on this CPU")
+needs_compiler = pytest.mark.skipif(can_compile(torch.device("cpu")) is not None, reason="cannot compile here")
 
 
 def scene(h: int, w: int, seed: int) -> torch.Tensor:
@@ -46,6 +49,7 @@ def test_every_convolution_is_seen_in_call_order(fast_sr):
     assert convs[0]["lo"] == 0 and 0.9 < convs[0]["hi"] <= 1  # the first reads the photo itself
 
 
+@needs_vnni
 def test_int8_stays_within_45_db_of_float32_on_an_unseen_tile(fast_sr):
     convs = int8.calibrate(fast_sr, [scene(64, 64, 1), scene(64, 64, 2)] + int8.extremes(64))
     quant = int8.Int8Convs(fast_sr, fast_sr, convs)
@@ -60,6 +64,7 @@ def test_int8_stays_within_45_db_of_float32_on_an_unseen_tile(fast_sr):
     assert psnr(out, ref) >= 45
 
 
+@needs_vnni
 def test_a_calibration_for_another_network_is_refused(fast_sr):
     convs = int8.calibrate(fast_sr, [scene(32, 32, 0)])
     with pytest.raises(ValueError, match="another network"):
@@ -86,6 +91,7 @@ def test_a_calibration_file_belongs_to_its_weights(tmp_path):
     assert int8.calibration_path(tmp_path / "house.pt") == tmp_path / "house.int8.json"
 
 
+@needs_vnni
 def test_the_shipped_calibration_fits_the_shipped_weights():
     name = "srpie-x2-fast"
     path = calibration_file(name)
@@ -108,6 +114,9 @@ def test_precision_auto_picks_int8_where_the_cpu_and_the_model_have_it(monkeypat
     assert pick_precision(Settings(model="srpie-x2", precision="int8"), cpu, said.append) == "bfloat16"
     assert "no int8 calibration" in said[-1] and "srpie calibrate" in said[-1]
     assert pick_precision(Settings(model="srpie-x2-fast", precision="bfloat16"), cpu, said.append) == "bfloat16"
+    assert pick_precision(Settings(model="srpie-x2-fast", precision="int8"), torch.device("cuda"),
+                          said.append) == "bfloat16"  # what the warning says runs
+    assert "CPU only" in said[-1] and "bfloat16" in said[-1]
     monkeypatch.setattr(int8, "vnni_support", lambda: "this CPU has neither AVX512-VNNI nor AMX")
     assert pick_precision(Settings(model="srpie-x2-fast", precision="auto"), cpu, said.append) == "bfloat16"
     assert pick_precision(Settings(model="srpie-x2-fast", precision="int8"), cpu, said.append) == "bfloat16"
@@ -135,12 +144,25 @@ def test_calibrate_command_writes_a_calibration_that_load_uses(tmp_path, tiny_mo
     assert "broken.jpg" in r.output  # named, and the rest goes on
     blob = json.loads((tmp_path / "tiny.int8.json").read_text())
     assert blob["photos"] == 2 and blob["convs"] and blob["command"].startswith("srpie calibrate")
-    said = []
-    e = load(Settings(model=str(model), device="cpu", compile="off", precision="int8"), warn=said.append)
-    assert e.settings.precision != "int8"  # int8 runs in compiled tiles only: uncompiled, bfloat16
+    if int8.vnni_support() is None and can_compile(torch.device("cpu")) is None and pick_precision(
+            Settings(model=str(model), precision="int8"), torch.device("cpu"), print) == "int8":
+        said = []
+        e = load(Settings(model=str(model), device="cpu", compile="on", precision="auto"), warn=said.append)
+        assert e.settings.precision == e.meta["precision"] == "int8" and e.model.runs_int8 and not said
+        e = load(Settings(model=str(model), device="cpu", compile="off", precision="int8"), warn=said.append)
+        assert e.settings.precision == "bfloat16" and "compiled tiles only" in said[-1]  # said, not silent
+        e = load(Settings(model=str(model), device="cpu", compile="on", strength=0.5), warn=said.append)
+        assert e.settings.precision == "bfloat16" and "--strength" in said[-1]  # its PENet is the look
+    # nothing readable: refused, named
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.jpg").write_bytes(b"nope")
+    r = CliRunner().invoke(app, ["calibrate", str(model), str(tmp_path / "empty")])
+    assert r.exit_code != 0 and "no photo could be read" in r.output
 
 
 @pytest.mark.slow
+@needs_vnni
+@needs_compiler
 def test_compiled_int8_tiles_stay_within_45_db_of_float32(fast_sr):
     from srpie_cli.accel import prepare
     from srpie_cli.tiling import TileOptions, upscale
@@ -152,11 +174,12 @@ def test_compiled_int8_tiles_stay_within_45_db_of_float32(fast_sr):
     bf16 = upscale(prepare(model, "cpu", compile=True, bf16=True), x, opts)
     fast = prepare(model, "cpu", compile=True, bf16=True, int8=convs)
     out = upscale(fast, x, opts)
-    assert fast.compiled and not torch.equal(out, bf16)  # the int8 convolutions ran
+    assert fast.compiled and fast.runs_int8 and not torch.equal(out, bf16)  # the int8 convolutions ran
     assert psnr(out, ref) >= 45
     assert next(model.parameters()).dtype == torch.float32
 
 
+@needs_compiler
 def test_prepare_falls_back_to_bfloat16_when_the_calibration_does_not_fit(fast_sr):
     from srpie_cli.accel import prepare
 
@@ -164,3 +187,4 @@ def test_prepare_falls_back_to_bfloat16_when_the_calibration_does_not_fit(fast_s
     convs = int8.calibrate(fast_sr, [scene(32, 32, 0)])[:-1]
     prepared = prepare(fast_sr.net, "cpu", compile=True, bf16=True, int8=convs, on_fallback=said.append)
     assert prepared.compiled and "not running int8" in said[-1] and "another network" in said[-1]
+    assert not prepared.runs_int8
