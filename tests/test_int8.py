@@ -92,8 +92,8 @@ def test_a_calibration_file_belongs_to_its_weights(tmp_path):
 
 
 @needs_vnni
-def test_the_shipped_calibration_fits_the_shipped_weights():
-    name = "srpie-x2-fast"
+@pytest.mark.parametrize("name", ["srpie-x2-fast", "srpie-x2", "srpie-x2-sr", "srpie-x2-fast-sr"])
+def test_each_shipped_calibration_fits_its_weights(name):
     path = calibration_file(name)
     assert path is not None and path == int8.calibration_path(resolve(name))
     model, _ = load_model(name)
@@ -102,16 +102,16 @@ def test_the_shipped_calibration_fits_the_shipped_weights():
     assert sum(q is not None for q in quant.plan) >= 20
 
 
-def test_precision_auto_picks_int8_where_the_cpu_and_the_model_have_it(monkeypatch):
+def test_precision_auto_picks_int8_where_the_cpu_and_the_model_have_it(monkeypatch, tiny_model):
     from srpie_cli import accel
 
-    said, cpu = [], torch.device("cpu")
+    said, cpu, uncalibrated = [], torch.device("cpu"), str(tiny_model)
     monkeypatch.setattr(accel, "bf16_support", lambda device: None)
     monkeypatch.setattr(int8, "vnni_support", lambda: None)
     assert pick_precision(Settings(model="srpie-x2-fast", precision="auto"), cpu, said.append) == "int8"
-    assert pick_precision(Settings(model="srpie-x2", precision="auto"), cpu, said.append) == "bfloat16"  # no calibration
+    assert pick_precision(Settings(model=uncalibrated, precision="auto"), cpu, said.append) == "bfloat16"
     assert not said
-    assert pick_precision(Settings(model="srpie-x2", precision="int8"), cpu, said.append) == "bfloat16"
+    assert pick_precision(Settings(model=uncalibrated, precision="int8"), cpu, said.append) == "bfloat16"
     assert "no int8 calibration" in said[-1] and "srpie calibrate" in said[-1]
     assert pick_precision(Settings(model="srpie-x2-fast", precision="bfloat16"), cpu, said.append) == "bfloat16"
     assert pick_precision(Settings(model="srpie-x2-fast", precision="int8"), torch.device("cuda"),
