@@ -850,7 +850,7 @@ def calibrate(
 ):
     """Measure a model's feature ranges for int8 (VNNI) on this kind of photo: writes
     NAME.int8.json beside its weights file, with which --precision auto runs int8 on a CPU that
-    has it. The shipped srpie-x2-fast comes calibrated.
+    has it. Every shipped model comes calibrated.
 
     Example: srpie calibrate house.pt shoots/2026-05-wedding/
     """
