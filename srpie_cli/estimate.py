@@ -29,8 +29,9 @@ COMPILED_SHARE = 0.67
 # a 2-core AVX512-BF16 CPU: 0.182 s against 1.36 s (accel.py; a busy machine, one measurement)
 COMPILED_SHARE_BF16 = 0.134
 # int8 convolutions in the compiled tiles (int8.py): a 24 MP photo of srpie-x2-fast through the
-# network in 34.8 s against 46.0 in bfloat16, one run (benchmarks/RESULTS.md)
-COMPILED_SHARE_INT8 = COMPILED_SHARE_BF16 * 34.8 / 46.0
+# network in 34.8 s against 46.0 in bfloat16 in one run, 36.3 against 42.7 in another
+# (benchmarks/RESULTS.md)
+COMPILED_SHARE_INT8 = COMPILED_SHARE_BF16 * 0.8
 COMPILE_SECONDS = 30.0
 SMALL = 40  # side of the small calibration image, input pixels
 CALIBRATION_SECONDS = 4.0  # a timing is repeated (best of three) while the repeats cost less than half this
