@@ -182,23 +182,20 @@ def prepare(model: nn.Module, device: torch.device | str = "cpu", *, compile: bo
         elif on_fallback:
             on_fallback(f"not compiling: {reason}")
     split = device.type == "cpu"
-    tiles = None  # what runs the tiles compiled, when int8 convolutions do
+    quant = None  # the tiles' compiled form with int8 convolutions (a compiled module has no truth value: compare to None)
     if net is not None and int8 is not None and bf16:
         try:
-            tiles = _compiled(Int8Convs(Upscaler(net), Upscaler(model), int8))
+            quant = _compiled(Int8Convs(Upscaler(net), Upscaler(model), int8))
         except ValueError as e:
             if on_fallback:
                 on_fallback(f"not running int8: {e}; bfloat16 instead")
-    quantised = tiles is not None
-    upscaler = None
-    if getattr(model, "global_look", None) is not None:
-        if tiles is None and net is not None:
-            tiles = _compiled(Upscaler(net))
-        upscaler = Prepared(Upscaler(model), tiles, split, on_fallback, bf16, int8=quantised)
-        tiles, quantised = None, False  # the whole network (look and all) stays bfloat16: it runs on thumbnails
-    if tiles is None and net is not None:
-        tiles = _compiled(net)
-    return Prepared(model, tiles, split, on_fallback, bf16, upscaler, int8=quantised)
+    whole = _compiled(net) if net is not None else None
+    if getattr(model, "global_look", None) is None:  # the network itself runs the tiles
+        return Prepared(model, quant if quant is not None else whole, split, on_fallback, bf16, int8=quant is not None)
+    # the whole network (look and all) stays bfloat16: it runs on thumbnails; its upscaler runs the tiles
+    tiles = quant if quant is not None else _compiled(Upscaler(net)) if net is not None else None
+    upscaler = Prepared(Upscaler(model), tiles, split, on_fallback, bf16, int8=quant is not None)
+    return Prepared(model, whole, split, on_fallback, bf16, upscaler)
 
 
 def _compiled(net: nn.Module) -> Callable:

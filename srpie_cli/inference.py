@@ -58,9 +58,6 @@ def default_model(device: str) -> str:
     return defaults.CPU_MODEL if device == "cpu" else defaults.MODEL
 
 
-PRECISIONS = defaults.PRECISIONS
-
-
 def pick_precision(settings: Settings, device, warn: Callable[[str], None]) -> str:
     """What the network runs in: "float32", "bfloat16", "int8" or "float16" (``--half``, CUDA
     only). auto: on a CPU, int8 where it runs natively (``int8.vnni_support``) and the model
@@ -72,8 +69,8 @@ def pick_precision(settings: Settings, device, warn: Callable[[str], None]) -> s
     from srpie_cli.int8 import calibration_file, vnni_support
 
     asked = settings.precision
-    if asked not in PRECISIONS:
-        raise SrpieError(f"unknown precision {asked!r}: use {', '.join(PRECISIONS)}")
+    if asked not in defaults.PRECISIONS:
+        raise SrpieError(f"unknown precision {asked!r}: use {', '.join(defaults.PRECISIONS)}")
     if settings.half and asked != "auto":
         warn(f"--half is ignored with --precision {asked}")
     if settings.half and asked == "auto" and device.type == "cuda":
@@ -174,18 +171,8 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
     device = pick_device(settings.device)
     model, meta = load_model(settings.model)
     asked, precision = settings.precision, pick_precision(settings, device, warn)
-    calibration = None
-    if precision == "int8":  # read before --strength changes the look's last layers: it is for the file's weights
-        from srpie_cli.int8 import calibration_file, read
-
-        try:
-            calibration = read(calibration_file(settings.model), model)
-            if calibration is not None and settings.strength != 1 and (model.global_look is None
-                                                                      or model.cfg.own_look_input):
-                calibration = None  # --strength edits PENet, whose output the tiles' int8 convolutions read
-                warn("not running int8: its calibration is for --strength 1 on this model; bfloat16 instead")
-        except ValueError as e:
-            warn(f"not running int8: {e}; bfloat16 instead")
+    # read before --strength changes the look's last layers: a calibration is for the file's weights
+    calibration = _calibration(settings, model, warn) if precision == "int8" else None
     with_strength(model, settings.strength)
     settings = replace(settings, half=precision == "float16", precision=precision)
     meta = {**meta, "precision": precision, "default_for": device.type
@@ -201,7 +188,7 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
     if precision == "int8" and calibration is not None and not want and asked == "int8":
         warn("--precision int8: int8 runs in compiled tiles only (--compile on); running in bfloat16")
     model = prepare(model, device, compile=want, on_fallback=warn, bf16=precision in ("bfloat16", "int8"),
-                    int8=calibration if precision == "int8" else None)
+                    int8=calibration)
     if precision == "int8" and not model.runs_int8:  # no calibration, not compiled, or it did not fit: said
         precision = "bfloat16"
         settings, meta = replace(settings, precision=precision), {**meta, "precision": precision}
@@ -209,6 +196,23 @@ def load(settings: Settings, warn: Callable[[str], None] = lambda m: None, megap
         warn(f"model {meta.get('name')} is UNTRAINED (its weights file is not installed): the output "
              "is a plain bicubic 2x upscale, not an enhancement")
     return Enhancer(model, meta, device, settings)
+
+
+def _calibration(settings: Settings, model, warn: Callable[[str], None]) -> list[dict] | None:
+    """The int8 calibration ``model`` runs with under ``settings``, or None (said why)."""
+    from srpie_cli.int8 import calibration_file, read
+    from srpie_cli.model import penet_is_look
+
+    try:
+        calibration = read(calibration_file(settings.model), model)
+    except ValueError as e:
+        warn(f"not running int8: {e}; bfloat16 instead")
+        return None
+    if calibration is not None and settings.strength != 1 and penet_is_look(model):
+        # --strength scales PENet's output, which the tiles' int8 convolutions read
+        warn("not running int8: its calibration is for --strength 1 on this model; bfloat16 instead")
+        return None
+    return calibration
 
 
 def enhance_photo(model, photo: Photo, settings: Settings, on_retry: Callable[[str], None] | None = None,

@@ -877,6 +877,12 @@ def graft_look(upscaler: DeepSRPIE, look: DeepSRPIE) -> DeepSRPIE:
     return new.train(upscaler.training)
 
 
+def penet_is_look(model: DeepSRPIE) -> bool:
+    """Whether PENet is ``model``'s look (what ``with_strength`` scales) rather than a part of
+    its upscaler: with no global look in front, or on its own input (``graft_look``)."""
+    return model.global_look is None or model.cfg.own_look_input
+
+
 def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
     """The look applied at ``strength``: a global look's colour mapping M becomes
     I + strength (M - I), and where PENet is a look (not part of the upscaler) its per-pixel
@@ -895,7 +901,7 @@ def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
             for last in lasts + ((look.denoiser.body[-1],) if look.denoiser is not None else ()):
                 last.weight.mul_(strength)  # the tone head's settings and the denoiser's residual are 0 at the identity
                 last.bias.mul_(strength)
-        if model.global_look is None or model.cfg.own_look_input:  # PENet is a look, not the upscaler's
+        if penet_is_look(model):
             last = model.penet.stage9
             ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)
             last.weight.mul_(strength)
