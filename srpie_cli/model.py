@@ -534,6 +534,7 @@ class DarkDenoiser(nn.Module):
 
 REPAIR_STEPS = 65  # points of the grey axis grey_repair reads the colour mapping at
 REPAIR_TOP = 0.9  # from this grey on, the repaired curve is pulled up to end at white
+HIGHLIGHT_KNEE = 0.9  # above this, a value the look raises is rolled off below white (highlight_guard)
 
 
 def grey_repair(poly: torch.Tensor) -> torch.Tensor:
@@ -544,19 +545,37 @@ def grey_repair(poly: torch.Tensor) -> torch.Tensor:
     curve can peak mid-way and fall beyond (a dim FiveK frame's mapped white (1, 1, 1) to
     (0.36, -0.13, -0.59): a lamp or a blown sky came out brown, or cyan). Per channel, the
     curve is kept up to its highest point, held there (never falling), and from there, or
-    from ``REPAIR_TOP`` if it peaks later, it rises in a straight line to 1 at white. Where a
+    from ``REPAIR_TOP`` if it peaks later, it rises in a straight line to 1 at white; a curve
+    that has passed white by then is only held (``highlight_guard`` rolls it off). Where a
     curve already rises to white nothing changes. Applied at inference (``GlobalLook`` in
     eval mode, ``photo_settings``): training fits the cubic where the photos' colours are."""
     g = torch.linspace(0, 1, REPAIR_STEPS, dtype=poly.dtype, device=poly.device)
     grey = g.view(1, 1, 1, -1).expand(1, 3, 1, -1)
     curve = torch.einsum("nit,nthw->nihw", poly, colour_polynomial(grey))[:, :, 0]  # N x 3 x S
-    held = torch.cummax(curve, dim=2).values.clamp(max=1)
+    held = torch.cummax(curve, dim=2).values
     peak = torch.argmax(held, dim=2, keepdim=True)  # first index of the highest point
     top = torch.minimum(peak, torch.full_like(peak, round(REPAIR_TOP * (REPAIR_STEPS - 1))))
     g0, v0 = g[top], held.gather(2, top)
     ramp = v0 + (1 - v0) * ((g - g0) / (1 - g0).clamp_min(1e-6)).clamp(0, 1)
-    repaired = torch.where(g >= g0, ramp, held)
+    repaired = torch.where((g >= g0) & (v0 < 1), ramp, held)  # past white already: highlight_guard's
     return repaired - curve
+
+
+def highlight_guard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y``, the look's mapping of ``x`` (before clamping), with what the look pushed past
+    the knee rolled off so that it stays below white: the look never blows a highlight the
+    photo did not have.
+
+    A steep curve sends a bright colour past white in one channel (a pink dress at red 206
+    came out at 255 and beyond, the expert's at 228: 5% of a FiveK frame's pixels clipped
+    against 0.1% in the retouch). Per channel, above ``c = max(x, HIGHLIGHT_KNEE)`` the excess
+    ``e`` becomes ``c + (1 - c) e / ((1 - c) + e)``: continuous, of slope 1 at ``c``, reaching
+    white only at infinity. A value the look did not raise (``y <= x``), one below the knee,
+    and an input already at white are left as they are, so the identity stays the identity
+    and a blown sky stays white."""
+    c = x.clamp(HIGHLIGHT_KNEE, 1)
+    over = (y - c).clamp_min(0)
+    return torch.where(y > c, c + (1 - c) * over / ((1 - c) + over).clamp_min(1e-6), y)
 
 
 class GlobalLook(nn.Module):
@@ -645,7 +664,9 @@ class GlobalLook(nn.Module):
     @staticmethod
     def map(x: torch.Tensor, m: torch.Tensor, repair: torch.Tensor | None = None) -> torch.Tensor:
         """Apply coefficients ``m`` (1 or N x 3 x 13) to every pixel of ``x``, plus ``repair``
-        (``grey_repair``'s table) read at each pixel's brightness, its largest channel."""
+        (``grey_repair``'s table) read at each pixel's brightness, its largest channel; with
+        the repair (inference), the highlights the mapping raised are rolled off below white
+        (``highlight_guard``)."""
         m = m.to(x.dtype).expand(x.shape[0], -1, -1)
         y = torch.einsum("nit,nthw->nihw", m, colour_polynomial(x))
         if repair is not None:
@@ -656,7 +677,7 @@ class GlobalLook(nn.Module):
             table = repair.to(x.dtype).expand(n, -1, -1)
             idx = i.long().expand(-1, 3, -1)
             lo, hi = table.gather(2, idx), table.gather(2, idx + 1)
-            y = y + torch.lerp(lo, hi, frac).view(n, 3, h, w)
+            y = highlight_guard(x, y + torch.lerp(lo, hi, frac).view(n, 3, h, w))
         return y.clamp(0, 1)
 
 

@@ -369,6 +369,28 @@ def test_the_grey_repair_makes_a_falling_curve_rise_to_white_and_leaves_a_good_o
     assert torch.allclose(good[..., :50], bad[..., :50])  # below the peak, the look as it was
 
 
+def test_the_look_never_blows_a_highlight_the_photo_did_not_have():
+    """A look that pushes the red channel past white (a steep curve: x -> 1.6 x) rolls the
+    pixels it raised off below 254 at inference, keeping their order; a pixel already white
+    stays white, and the identity is left exactly as it was."""
+    from srpie_cli.model import HIGHLIGHT_KNEE, highlight_guard
+
+    x = torch.tensor([0.5, 0.6, 0.7, 0.8, 0.95, 1.0]).view(1, 1, 1, -1).expand(1, 3, 1, -1).contiguous()
+    assert torch.equal(highlight_guard(x, x), x)
+    look = GlobalLook().eval()
+    with torch.no_grad():
+        look.head[-1].bias.view(3, 13)[0, 0] = 0.6  # red: 1.6 x (the identity's 1 + 0.6)
+        out = look(x, torch.rand(1, 3, 64, 64))
+        raw = look.train()(x, torch.rand(1, 3, 64, 64))
+    red = out[0, 0, 0]
+    assert float(raw[0, 0, 0, 2]) == 1.0  # trained form: 0.7 -> 1.12, clipped
+    assert float(red[:-1].max()) < 254 / 255 and float(red[-1]) == 1.0
+    assert float((red[1:] - red[:-1]).min()) > 0  # still in order: the roll-off keeps detail
+    assert abs(float(red[0]) - 0.8) < 1e-6 and 0.8 < HIGHLIGHT_KNEE  # 0.5 -> 0.8: below the knee, as it was
+    assert torch.allclose(out[0, 1:], x[0, 1:], atol=1e-6)  # green and blue untouched
+
+
+
 def test_the_look_written_over_its_input_band_by_band_is_the_look_into_a_new_tensor(monkeypatch):
     """apply_look(overwrite=True) saves a photo-sized copy: each band still sees the original
     rows of its neighbours (the tone stage and the denoiser reach across band edges)."""
