@@ -813,6 +813,9 @@ def train_look(
                     ] = defaults.LOOK_DARK,
     cast: Annotated[float, typer.Option(min=0, max=1, metavar="F", rich_help_panel=ADVANCED,
                                         help="Strongest synthetic colour cast (log gain).")] = defaults.LOOK_CAST,
+    lr: Annotated[float, typer.Option(min=0, metavar="LR", rich_help_panel=ADVANCED,
+                                      help="Peak learning rate (cosine-decayed) of the look and of its tone stage.")
+                  ] = defaults.LOOK_LR,
     seed: Annotated[int, typer.Option(metavar="N", rich_help_panel=ADVANCED, help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=ADVANCED, help="CPU threads (0: all).")] = 0,
 ):
@@ -831,7 +834,7 @@ def train_look(
         torch.set_num_threads(threads)
     cfg = LookConfig(photos=photos or [], pairs=pairs or [], holdout=holdout, exclude=exclude or [], steps=steps,
                      pair_fraction=pair_fraction, clean_fraction=clean_fraction, tone_pairs=tone_pairs or [],
-                     tone_steps=tone_steps, denoise_steps=denoise_steps, dark=dark, cast=cast, seed=seed)
+                     tone_steps=tone_steps, denoise_steps=denoise_steps, dark=dark, cast=cast, lr=lr, seed=seed)
     command = "srpie " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         meta = make_model(cfg, init, out_path, command, val or [], log=lambda m: err.print(m, highlight=False),

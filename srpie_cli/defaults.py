@@ -59,6 +59,7 @@ IO_THREADS = {"cpu": 2, "cuda": 6}
 # (srpie train-look, look.LookConfig; chosen by k-fold: weights/README.md)
 
 LOOK_STEPS = 1500
+LOOK_LR = 2e-3  # peak learning rate (Adam, cosine decay) of the look and of its tone stage
 LOOK_PAIR_FRACTION = 0.5  # share of a batch from real pairs
 LOOK_CLEAN_FRACTION = 0.7  # share of synthetic samples left undamaged: a photo that needs nothing stays
 LOOK_CAST = 0.25  # strongest synthetic colour cast: log of the red/blue gain

@@ -46,7 +46,7 @@ class LookConfig:
     batch_size: int = 16
     crop: int = 128  # loss crop side; the look sees the thumbnail of the whole photo
     side: int = 256  # photos are shrunk to this long side
-    lr: float = 2e-3
+    lr: float = defaults.LOOK_LR  # peak (cosine-decayed) learning rate of the look and of its tone stage
     pair_fraction: float = defaults.LOOK_PAIR_FRACTION  # share of a batch from real pairs
     clean_fraction: float = defaults.LOOK_CLEAN_FRACTION  # share of synthetic samples left undamaged
     cast: float = defaults.LOOK_CAST  # strongest synthetic colour cast: log of the red/blue gain

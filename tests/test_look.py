@@ -404,3 +404,23 @@ def test_the_look_written_over_its_input_band_by_band_is_the_look_into_a_new_ten
     out = tiling.apply_look(look, mine, overwrite=True)
     assert out.data_ptr() == mine.data_ptr() and torch.equal(out, fresh)
     assert (fresh - x).abs().mean() > 0.02  # it did lift the frame
+
+
+def test_train_look_records_the_learning_rate_it_was_given(tmp_path, tiny_model):
+    """srpie train-look --lr trains at that rate and the file's recipe says so (the shipped
+    look was trained at 1e-3, its tone stage at the default)."""
+    from typer.testing import CliRunner
+
+    from srpie_cli import defaults
+    from srpie_cli.cli import app
+    from srpie_cli.weights import load_model
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((40, 56, 3)) * 255).astype(np.uint8)).save(good / f"{i}.png")
+    out = tmp_path / "look.pt"
+    r = CliRunner().invoke(app, ["train-look", "--photos", str(good), "--init", str(tiny_model), "--steps", "2",
+                                 "--lr", "5e-4", "--threads", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert load_model(out)[1]["look_config"]["lr"] == 5e-4 != defaults.LOOK_LR
