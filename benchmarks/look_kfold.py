@@ -173,9 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
                          tone_side=args.tone_side)
         t = time.time()
         look = None
+        # every setting that changes the look is in the name; the literals are the recipe's
+        # values when the cache began, so its older files keep their names
         cached = args.cache / f"fold{k}-of{args.folds}-steps{args.steps}-cast{args.cast}-clean{args.clean_fraction}" \
-            f"{f'-chroma{args.chroma}' if args.chroma else ''}{f'-lr{args.lr}' if args.lr != LookConfig.lr else ''}" \
-            f"{f'-seed{seed}' if seed else ''}.pt" \
+            f"{f'-chroma{args.chroma}' if args.chroma else ''}{f'-lr{args.lr}' if args.lr != 2e-3 else ''}" \
+            f"{f'-pairs{args.pair_fraction}' if args.pair_fraction != 0.5 else ''}" \
+            f"{f'-side{args.side}' if args.side != 256 else ''}{f'-seed{seed}' if seed else ''}.pt" \
             if args.cache else None
         if cached and cached.exists():
             look = GlobalLook()

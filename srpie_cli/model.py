@@ -546,8 +546,12 @@ def grey_repair(poly: torch.Tensor) -> torch.Tensor:
     (0.36, -0.13, -0.59): a lamp or a blown sky came out brown, or cyan). Per channel, the
     curve is kept up to its highest point, held there (never falling), and from there, or
     from ``REPAIR_TOP`` if it peaks later, it rises in a straight line to 1 at white; a curve
-    that has passed white by then is only held (``highlight_guard`` rolls it off). Where a
-    curve already rises to white nothing changes. Applied at inference (``GlobalLook`` in
+    that has passed white by then is held where it is, never above the larger of white and
+    the curve's own end. What passed white is then rolled off below it, pixel by pixel
+    (``highlight_guard``, in ``GlobalLook.map``), so the grey axis keeps its order up to white
+    instead of flattening at 1. All of it is continuous in the coefficients (a small change of
+    the look is a small change of the photo), and a curve that already rises to white is
+    unchanged. Applied at inference (``GlobalLook`` in
     eval mode, ``photo_settings``): training fits the cubic where the photos' colours are."""
     g = torch.linspace(0, 1, REPAIR_STEPS, dtype=poly.dtype, device=poly.device)
     grey = g.view(1, 1, 1, -1).expand(1, 3, 1, -1)
@@ -556,8 +560,9 @@ def grey_repair(poly: torch.Tensor) -> torch.Tensor:
     peak = torch.argmax(held, dim=2, keepdim=True)  # first index of the highest point
     top = torch.minimum(peak, torch.full_like(peak, round(REPAIR_TOP * (REPAIR_STEPS - 1))))
     g0, v0 = g[top], held.gather(2, top)
-    ramp = v0 + (1 - v0) * ((g - g0) / (1 - g0).clamp_min(1e-6)).clamp(0, 1)
-    repaired = torch.where((g >= g0) & (v0 < 1), ramp, held)  # past white already: highlight_guard's
+    ramp = v0 + (v0.clamp_min(1) - v0) * ((g - g0) / (1 - g0).clamp_min(1e-6)).clamp(0, 1)  # held if past white
+    # never above where the curve ends, or white: no more lift than reaching white needs
+    repaired = torch.minimum(torch.where(g >= g0, ramp, held), curve[:, :, -1:].clamp_min(1))
     return repaired - curve
 
 
@@ -574,8 +579,8 @@ def highlight_guard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     and an input already at white are left as they are, so the identity stays the identity
     and a blown sky stays white."""
     c = x.clamp(HIGHLIGHT_KNEE, 1)
-    over = (y - c).clamp_min(0)
-    return torch.where(y > c, c + (1 - c) * over / ((1 - c) + over).clamp_min(1e-6), y)
+    room, over = 1 - c, (y - c).clamp_min(0)
+    return torch.where(y > c, c + room * (1 - room / (room + over).clamp_min(1e-6)), y)
 
 
 class GlobalLook(nn.Module):
