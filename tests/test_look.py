@@ -434,13 +434,18 @@ def test_the_look_written_over_its_input_band_by_band_is_the_look_into_a_new_ten
     assert (fresh - x).abs().mean() > 0.02  # it did lift the frame
 
 
-def test_train_look_records_the_learning_rate_it_was_given(tmp_path, tiny_model):
+def test_train_look_records_the_learning_rate_it_was_given(tmp_path, tiny_model, monkeypatch):
     """srpie train-look --lr reaches the training and the file's recipe says so."""
     from typer.testing import CliRunner
 
+    import srpie_cli.look as look_module
     from srpie_cli import defaults
     from srpie_cli.cli import app
     from srpie_cli.weights import load_model
+
+    rates = []
+    fit = look_module.fit
+    monkeypatch.setattr(look_module, "fit", lambda *a, **kw: rates.append(a[4]) or fit(*a, **kw))
 
     good = tmp_path / "good"
     good.mkdir()
@@ -450,4 +455,5 @@ def test_train_look_records_the_learning_rate_it_was_given(tmp_path, tiny_model)
     r = CliRunner().invoke(app, ["train-look", "--photos", str(good), "--init", str(tiny_model), "--steps", "2",
                                  "--lr", "5e-4", "--threads", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert rates == [5e-4]  # the look's fit, at the rate given
     assert load_model(out)[1]["look_config"]["lr"] == 5e-4 != defaults.LOOK_LR
