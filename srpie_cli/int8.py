@@ -10,10 +10,13 @@ sums) up to twice as fast as the same one in bfloat16 on AVX512-VNNI. What it ta
   for oneDNN once when the network is prepared.
 * **Inputs**: a feature map is quantised to uint8 over one fixed range per convolution, its
   *calibration*: the least and largest values that convolution saw on real photos in float32
-  (``calibrate``), widened by ``MARGIN``, stored beside the weights file
+  (``calibrate``), stored beside the weights file
   (``weights/<model>.int8.json``, written by ``srpie calibrate``). Stored, not measured per
   run: a photo's output never depends on which photos came before it, so ``--jobs`` and a
-  rerun give the same bytes.
+  rerun give the same bytes. The ranges are not widened: the calibration's synthetic extremes
+  (``extremes``: black, white, saturated stripes, full-range noise) already reach beyond what
+  its photos do, and a wider range costs precision (an eighth wider on srpie-x2-fast: 52.8 dB
+  from float32 on a tile of benchmarks/shoot.py's synthetic photo instead of 54.9).
 * **Which convolutions**: the 3x3 and 5x5 ones reading feature maps (``quantised``). The ones
   reading the photo (3 channels) or its decomposition (6) keep bfloat16: 256 levels over a
   feature's range would lose the photo's own gradations. Depthwise and 1x1 convolutions keep
@@ -45,12 +48,6 @@ from torch.overrides import TorchFunctionMode
 
 FORMAT = "srpie-int8-1"
 IMAGE_CHANNELS = 6  # convolutions reading at most this many channels (the photo, its decomposition) stay as they are
-# Each calibrated range widened by this share of its span on both sides. None: the calibration's
-# synthetic extremes (``extremes``: black, white, saturated stripes, full-range noise) already
-# widen every range beyond what its photos reach, and a wider range costs precision (an eighth
-# more on srpie-x2-fast: 52.8 dB from float32 on a tile of benchmarks/shoot.py's synthetic
-# photo instead of 54.9, and 44.6 dB instead of 45.0 between the two outputs' JPEGs).
-MARGIN = 0.0
 
 
 def quantised(cin: int, groups: int, kernel: int) -> bool:
@@ -142,8 +139,7 @@ class QConv:
     """One convolution in int8: its kernel quantised and packed for oneDNN, its input's range."""
 
     def __init__(self, weight, bias, stride, padding, dilation, groups, lo: float, hi: float):
-        span = hi - lo
-        lo, hi = min(lo - MARGIN * span, 0.0), max(hi + MARGIN * span, 0.0)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # zero, the padding, is always exact
         self.scale = max(hi - lo, 1e-8) / 255
         self.zero = int(round(-lo / self.scale))
         self.w_scale = weight.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127
