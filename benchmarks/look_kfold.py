@@ -4,6 +4,8 @@
     python benchmarks/look_kfold.py --name tone --tone --cache looks/  # the tone stage on LOL after it
     python benchmarks/look_kfold.py --name tone --tone --fold 0        # one fold (run folds in parallel)
     python benchmarks/look_kfold.py --name base --seed 0 --seed 1 --seed 2  # each fold with three seeds
+    python benchmarks/look_kfold.py --name ens --seed 0 --seed 1 --seed 2 --ensemble --cache looks/
+    python benchmarks/look_kfold.py --name s125 --strength 1.25 --cache looks/  # the looks scaled up
 
 The FiveK pairs but the last three by name (the held-out photos ``benchmarks/look.py``
 reports) are cut into folds of three; each fold trains a look on the others and is scored on
@@ -19,6 +21,9 @@ Everything is scored at the look's own size (the training side, ``--side``), wit
 upscaler: a fold costs one short training run. Prints each fold and the mean and spread.
 One training of the look is a lottery (the same fold moved from +0.2 to +2.5 dB between
 seeds): compare recipes over several ``--seed``s, each fold trained once per seed.
+``--ensemble`` also scores each fold's seeds together: one look whose coefficients are the
+mean of theirs (``Ensemble``). ``--strength`` scores every look scaled as ``--strength``
+scales a shipped one (``GlobalLook.scale_``; with ``--cache``, no training).
 """
 
 from __future__ import annotations
@@ -107,6 +112,17 @@ def score_fold(look, fivek, lol, clean, cast) -> dict:
     return out
 
 
+class Ensemble(GlobalLook):
+    """Several looks as one: the mean of their colour mappings (no tone stage)."""
+
+    def __init__(self, looks: list[GlobalLook]):
+        super().__init__()
+        self.looks = torch.nn.ModuleList(looks)
+
+    def settings(self, thumb: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.stack([look.settings(thumb)[0] for look in self.looks]).mean(0), None
+
+
 def grey_curve(look, img) -> np.ndarray:
     """3 x 33: the look's mapping of the grey axis (black to white) for photo ``img``."""
     from srpie_cli.look import thumb
@@ -152,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tone-side", type=int, default=LookConfig.tone_side)
     ap.add_argument("--clean-fraction", type=float, default=LookConfig.clean_fraction)
     ap.add_argument("--pair-fraction", type=float, default=LookConfig.pair_fraction)
+    ap.add_argument("--strength", type=float, default=1.0, help="score every look at this strength")
+    ap.add_argument("--ensemble", action="store_true", help="also score each fold's seeds' looks as one")
     ap.add_argument("--cache", type=Path, help="keep (and reuse) each fold's look before its tone stage here")
     ap.add_argument("--no-2x", action="store_true", help="skip scoring the LOL validation pairs at 2x (slow)")
     ap.add_argument("--json", type=Path)
@@ -163,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     lol_val = lol_validation()
     lol_loaded = load(lol_val, args.side)
     clean, cast = checks(args.side)
-    results = []
+    results, members = [], {}
     for k, seed in ((k, seed) for k in args.fold or range(args.folds) for seed in args.seed or [0]):
         val = fivek[k * size:(k + 1) * size]
         cfg = LookConfig(photos=PHOTOS, pairs=[FIVEK], holdout=HELD_OUT, seed=seed, lr=args.lr,
@@ -191,19 +209,36 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.save(look.state_dict(), cached)
         if args.tone:
             look = train_look(replace(cfg, tone_pairs=[LOL]), log=lambda m: None, look=look)
+        look.scale_(args.strength)
+        members.setdefault(k, []).append(look)
         r = {"fold": k, "seed": seed, "seconds": round(time.time() - t, 1), **score_fold(look, load(val, args.side), lol_loaded, clean, cast),
              **({} if args.no_2x else lol_at_2x(look, lol_val))}
         results.append(r)
         print(f"{args.name} fold {k} seed {seed}: " + ", ".join(
             f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}" for key, v in r.items() if key not in ("fold", "seed")),
             flush=True)
-    keys = [k for k in results[0] if k not in ("fold", "seed", "seconds")]
-    summary = {k: (float(np.mean([r[k] for r in results])), float(np.std([r[k] for r in results]))) for k in keys}
-    print(f"{args.name} mean over {len(results)} folds and seeds: " + ", ".join(f"{k} {m:.3f} ±{s:.3f}" for k, (m, s) in summary.items()))
+    summary = summarise(args.name, "folds and seeds", results)
     report = {"name": args.name, "args": {k: str(v) for k, v in vars(args).items()}, "folds": results, "summary": summary}
+    if args.ensemble:
+        together = []
+        for k, looks in members.items():
+            val = fivek[k * size:(k + 1) * size]
+            r = {"fold": k, **score_fold(Ensemble(looks).eval(), load(val, args.side), lol_loaded, clean, cast)}
+            together.append(r)
+            print(f"{args.name} fold {k}, its {len(looks)} looks as one: " + ", ".join(
+                f"{key} {v:.3f}" for key, v in r.items() if key != "fold"), flush=True)
+        report["ensemble"] = {"folds": together, "summary": summarise(args.name, "folds, each fold's looks as one", together)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return report
+
+
+def summarise(name: str, what: str, results: list[dict]) -> dict:
+    """Mean and spread of each score over ``results``, printed."""
+    keys = [k for k in results[0] if k not in ("fold", "seed", "seconds")]
+    summary = {k: (float(np.mean([r[k] for r in results])), float(np.std([r[k] for r in results]))) for k in keys}
+    print(f"{name} mean over {len(results)} {what}: " + ", ".join(f"{k} {m:.3f} ±{s:.3f}" for k, (m, s) in summary.items()))
+    return summary
 
 
 if __name__ == "__main__":

@@ -666,6 +666,17 @@ class GlobalLook(nn.Module):
                 x = self.denoiser(x, t[:, :TONE_TERMS], t[:, TONE_TERMS])
         return self.map(x, poly, repair)
 
+    @torch.no_grad()
+    def scale_(self, strength: float) -> GlobalLook:
+        """The look at ``strength`` (``with_strength``), in place: its coefficients are the
+        identity plus the head's output, and the tone head's settings and the denoiser's
+        residual are 0 at the identity, so scaling each one's last layer scales the look."""
+        lasts = (self.head[-1],) + ((self.tone_head[-1],) if self.tone else ())
+        for last in lasts + ((self.denoiser.body[-1],) if self.denoiser is not None else ()):
+            last.weight.mul_(strength)
+            last.bias.mul_(strength)
+        return self
+
     @staticmethod
     def map(x: torch.Tensor, m: torch.Tensor, repair: torch.Tensor | None = None) -> torch.Tensor:
         """Apply coefficients ``m`` (1 or N x 3 x 13) to every pixel of ``x``, plus ``repair``
@@ -920,13 +931,9 @@ def with_strength(model: DeepSRPIE, strength: float) -> DeepSRPIE:
         raise ValueError(f"strength {strength} outside 0..2")
     if strength == 1:
         return model
+    if model.global_look is not None:
+        model.global_look.scale_(strength)
     with torch.no_grad():
-        if model.global_look is not None:  # its coefficients are identity + the head's output
-            look = model.global_look
-            lasts = (look.head[-1],) + ((look.tone_head[-1],) if look.tone else ())
-            for last in lasts + ((look.denoiser.body[-1],) if look.denoiser is not None else ()):
-                last.weight.mul_(strength)  # the tone head's settings and the denoiser's residual are 0 at the identity
-                last.bias.mul_(strength)
         if penet_is_look(model):
             last = model.penet.stage9
             ident = torch.tensor(IDENTITY_TRANSFORM, dtype=last.bias.dtype, device=last.bias.device)
