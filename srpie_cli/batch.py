@@ -753,7 +753,9 @@ class _Runner:
         self.record = record  # the settings that differ from the run's, for the report
         self.results, self.failed_decoding = results, failed_decoding
         self.decoding: deque[tuple[Job, Future]] = deque()
-        self.writing: deque[tuple[FileResult, Job, Future]] = deque()
+        # writes in flight, in the order of the jobs, and between them the results decided
+        # without a write (job None): each is settled when everything before it is
+        self.writing: deque[tuple[FileResult, Job | None, Future | None]] = deque()
         self.prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
         self.stop: str | None = None
         threads = self.settings.io_threads or defaults.IO_THREADS["cpu"]
@@ -763,6 +765,19 @@ class _Runner:
     def settle(self, res: FileResult) -> None:
         self.results.append(res)
         self.listener.file_done(res)
+
+    def decided(self, res: FileResult) -> None:
+        """Settle ``res`` (a failure or a skip, decided now) after the writes before it."""
+        if self.writing:
+            self.writing.append((res, None, None))
+        else:
+            self.settle(res)
+
+    def ready(self) -> bool:
+        """Whether the first entry of ``writing`` is to be settled now: it is decided, or its
+        write has ended, or more outputs wait in memory than the backlog allows."""
+        fut = self.writing[0][2]
+        return fut is None or fut.done() or sum(f is not None for _, _, f in self.writing) > self.backlog
 
     def decode(self, job: Job) -> tuple[Job, Photo | None, float, list[FileResult]]:
         """Decode, and check that the output can be written, before the network runs. Returns
@@ -806,7 +821,7 @@ class _Runner:
                     break
                 job, fut = self.decoding.popleft()
                 self.enhance(job, *fut.result())
-                while self.writing and (self.writing[0][2].done() or len(self.writing) > self.backlog):
+                while self.writing and self.ready():
                     self.finish_write(self.writing.popleft())
                 if self.stop:
                     break
@@ -826,11 +841,11 @@ class _Runner:
     def enhance(self, job: Job, j: Job, photo: Photo | None, dt: float, failures: list[FileResult]) -> None:
         """The network on one decoded photo, and its write queued."""
         for r in failures:
-            self.settle(r)
+            self.decided(r)
         if photo is None:
             return
         if j is job and job.fallback is not None:
-            self.settle(FileResult(str(job.fallback.src), "skipped", reason="RAW+JPEG pair: the other file "
+            self.decided(FileResult(str(job.fallback.src), "skipped", reason="RAW+JPEG pair: the other file "
                                    f"({job.src.name}) is enhanced (--raw-jpeg to choose)"))
         res = FileResult(str(j.src), "failed", output=None, megapixels=round(photo.megapixels, 3), settings=self.record)
         res.timings["decode"] = round(dt, 3)
@@ -848,12 +863,15 @@ class _Runner:
                 self.prepared.add(folder)
         except FILE_ERRORS as e:
             res.reason = _reason(e, j.src)
-            self.settle(res)
+            self.decided(res)
             return
         self.writing.append((res, j, self.pool.submit(self.encode, j, out)))
 
-    def finish_write(self, item: tuple[FileResult, Job, Future]) -> None:
+    def finish_write(self, item: tuple[FileResult, Job | None, Future | None]) -> None:
         res, job, fut = item
+        if fut is None:  # decided without a write
+            self.settle(res)
+            return
         try:
             notes, dt = fut.result()
             res.status, res.output = "done", str(job.dst)
@@ -872,7 +890,7 @@ class _Runner:
         self.pool.shutdown(wait=True, cancel_futures=True)
         while self.writing:  # every write has ended (complete, or removed) or never started
             item = self.writing.popleft()
-            if item[2].cancelled():
+            if item[2] is not None and item[2].cancelled():
                 res = item[0]
                 res.status, res.reason = "interrupted", "not done: the run was interrupted"
                 self.results.append(res)

@@ -310,6 +310,49 @@ def test_decode_of_the_next_and_encode_of_the_previous_overlap_with_inference(tm
 WAIT = 30  # seconds: only reached when the overlap is missing
 
 
+def test_results_are_reported_in_the_order_of_the_photos_while_writes_lag(tmp_path, tiny_model, monkeypatch):
+    """0.jpg's write is still going when 1.jpg fails to decode (it waits for 2.jpg to be
+    enhanced): the report and the log still list 0, 1, 2, whatever the threads' timing."""
+    import threading
+
+    for i in range(3):
+        write_jpeg(tmp_path / f"s/{i}.jpg", 8, 8, seed=i)
+    third = threading.Event()
+    real_read, real_write, real_enhance = images._read_pillow, images.write_photo, inference.enhance_photo
+    waited = []
+
+    def read(path, *a):
+        if path.name == "1.jpg":
+            raise KeyError("a tag the decoder did not expect")
+        return real_read(path, *a)
+
+    def write(path, *a, **kw):
+        if path.name == "0.jpg":
+            waited.append(third.wait(WAIT))
+        return real_write(path, *a, **kw)
+
+    calls, heard = [], []
+
+    def enhance_photo(model, photo, settings, **kw):
+        calls.append(photo)
+        if len(calls) == 2:  # 2.jpg, the photo after the one that failed
+            third.set()
+        return real_enhance(model, photo, settings, **kw)
+
+    class Ear(batch.Listener):
+        def file_done(self, result):
+            heard.append(Path(result.input).name)
+
+    monkeypatch.setattr(images, "_read_pillow", read)
+    monkeypatch.setattr(images, "write_photo", write)
+    monkeypatch.setattr(inference, "enhance_photo", enhance_photo)
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", listener=Ear(),
+                        settings=Settings(model=str(tiny_model)))
+    assert waited == [True] and len(calls) == 2
+    assert [(Path(r.input).name, r.status) for r in out.results] == [("0.jpg", "done"), ("1.jpg", "failed"), ("2.jpg", "done")]
+    assert heard == ["0.jpg", "1.jpg", "2.jpg"]
+
+
 def tint_model():
     """A stand-in network that upscales 2x and casts the photo warm: what a look could do."""
     import torch
