@@ -756,6 +756,7 @@ class _Runner:
         # writes in flight, in the order of the jobs, and between them the results decided
         # without a write (job None): each is settled when everything before it is
         self.writing: deque[tuple[FileResult, Job | None, Future | None]] = deque()
+        self.pending = 0  # the writes in ``writing``: outputs held in memory
         self.prepared: set[Path] = set()  # output folders made and cleaned, by the main thread only
         self.stop: str | None = None
         threads = self.settings.io_threads or defaults.IO_THREADS["cpu"]
@@ -773,11 +774,14 @@ class _Runner:
         else:
             self.settle(res)
 
-    def ready(self) -> bool:
-        """Whether the first entry of ``writing`` is to be settled now: it is decided, or its
-        write has ended, or more outputs wait in memory than the backlog allows."""
-        fut = self.writing[0][2]
-        return fut is None or fut.done() or sum(f is not None for _, _, f in self.writing) > self.backlog
+    def drain(self, hold: int | None = None) -> None:
+        """Settle what leads ``writing`` and has ended (a decided result, a write done), and
+        with ``hold``, wait for writes until no more than ``hold`` outputs are in memory."""
+        while self.writing:
+            fut = self.writing[0][2]
+            if not (fut is None or fut.done() or (hold is not None and self.pending > hold)):
+                break
+            self.finish_write(self.writing.popleft())
 
     def decode(self, job: Job) -> tuple[Job, Photo | None, float, list[FileResult]]:
         """Decode, and check that the output can be written, before the network runs. Returns
@@ -821,12 +825,10 @@ class _Runner:
                     break
                 job, fut = self.decoding.popleft()
                 self.enhance(job, *fut.result())
-                while self.writing and self.ready():
-                    self.finish_write(self.writing.popleft())
+                self.drain(hold=self.backlog)
                 if self.stop:
                     break
-            while self.writing:
-                self.finish_write(self.writing.popleft())
+            self.drain(hold=0)
         except BaseException:
             self.abort()
             raise
@@ -836,6 +838,8 @@ class _Runner:
             for job in [j for j, _ in self.decoding] + list(todo):
                 for j in (job, job.fallback):
                     if j is not None:
+                        # a decode that failed after the stop is not this file's failure to remember
+                        self.failed_decoding.discard(str(j.src))
                         self.settle(FileResult(str(j.src), "failed", reason=f"not started: the batch stopped ({self.stop})"))
 
     def enhance(self, job: Job, j: Job, photo: Photo | None, dt: float, failures: list[FileResult]) -> None:
@@ -850,6 +854,7 @@ class _Runner:
         res = FileResult(str(j.src), "failed", output=None, megapixels=round(photo.megapixels, 3), settings=self.record)
         res.timings["decode"] = round(dt, 3)
         res.notes += photo.notes  # what the decoder noted reaches the log and the report
+        self.drain()  # what is settled before this photo reaches the log before its network runs
         try:
             t = time.perf_counter()
             out = self.enhancer.enhance(photo, on_retry=res.notes.append,
@@ -866,12 +871,14 @@ class _Runner:
             self.decided(res)
             return
         self.writing.append((res, j, self.pool.submit(self.encode, j, out)))
+        self.pending += 1
 
     def finish_write(self, item: tuple[FileResult, Job | None, Future | None]) -> None:
         res, job, fut = item
         if fut is None:  # decided without a write
             self.settle(res)
             return
+        self.pending -= 1
         try:
             notes, dt = fut.result()
             res.status, res.output = "done", str(job.dst)
@@ -891,6 +898,7 @@ class _Runner:
         while self.writing:  # every write has ended (complete, or removed) or never started
             item = self.writing.popleft()
             if item[2] is not None and item[2].cancelled():
+                self.pending -= 1
                 res = item[0]
                 res.status, res.reason = "interrupted", "not done: the run was interrupted"
                 self.results.append(res)

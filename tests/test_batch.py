@@ -347,7 +347,7 @@ def test_results_are_reported_in_the_order_of_the_photos_while_writes_lag(tmp_pa
     monkeypatch.setattr(images, "write_photo", write)
     monkeypatch.setattr(inference, "enhance_photo", enhance_photo)
     out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", listener=Ear(),
-                        settings=Settings(model=str(tiny_model)))
+                        settings=Settings(model=str(tiny_model), io_threads=2))  # 2.jpg decodes beside 0.jpg's write
     assert waited == [True] and len(calls) == 2
     assert [(Path(r.input).name, r.status) for r in out.results] == [("0.jpg", "done"), ("1.jpg", "failed"), ("2.jpg", "done")]
     assert heard == ["0.jpg", "1.jpg", "2.jpg"]
@@ -397,3 +397,24 @@ def test_is_monochrome_checks_every_pixel_not_only_the_sample():
     assert images.is_monochrome(np.full((8, 8, 3), 0.5, np.float32))
     assert not images.is_monochrome(np.zeros((8, 8), np.uint8))  # not an RGB array at all
     assert not images.is_monochrome(np.full((8, 8, 3), 20, np.uint8))  # too dark to tell: left to the model
+
+
+def test_a_photo_not_started_when_the_disk_filled_is_tried_again_next_run(tmp_path, tiny_model, monkeypatch):
+    """The disk fills at 0.jpg's write while 1.jpg, decoded ahead, has failed to decode: it
+    is reported "not started", and the next run tries it again rather than skip it as a
+    file that failed before (its decode failure came after the batch had stopped)."""
+    for i in range(3):
+        write_jpeg(tmp_path / f"s/{i}.jpg", 8, 8, seed=i)
+    real_read = images._read_pillow
+    with monkeypatch.context() as m:
+        disk_full_after(m, writes=0)
+        m.setattr(images, "_read_pillow",
+                  lambda path, *a: (_ for _ in ()).throw(KeyError("odd tag")) if path.name == "1.jpg" else real_read(path, *a))
+        drain = batch._Runner.drain
+        m.setattr(batch._Runner, "drain", lambda self, hold=None: drain(self, hold=0))  # every write settled at once
+        first = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    by = {Path(r.input).name: r for r in first.results}
+    assert "No space left" in by["0.jpg"].reason
+    assert by["1.jpg"].status == "failed" and by["1.jpg"].reason.startswith("not started")
+    again = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert {Path(r.input).name: r.status for r in again.results} == {"0.jpg": "done", "1.jpg": "done", "2.jpg": "done"}
