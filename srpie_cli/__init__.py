@@ -10,6 +10,11 @@ class SrpieError(Exception):
     """
 
 
+class Refused(SrpieError):
+    """A photo this run's settings refuse (more pixels than ``--max-megapixels``): named as
+    any failure, but not remembered as the file's own, since other settings may take it."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type when empty), at most 160 characters."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from srpie_cli import SrpieError, __version__, defaults, images, sidecar
+from srpie_cli import Refused, SrpieError, __version__, defaults, images, sidecar
 from srpie_cli.images import Photo
 from srpie_cli.inference import Settings, load
 
@@ -331,13 +331,13 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
             why = f"output name collides with the output of {claimed[key]}"
         elif _resolved(dst) in input_set:
             why = "output would overwrite an input photo"
-        elif overwrite and dst.is_file() and not images.made_by_srpie(dst):
+        elif os.path.lexists(dst) and not _output_like(dst, overwrite):
             why = (f"{dst} is in the way and was not written by srpie: refused to replace it "
                    "(move it, or give another -o)")
         if why:
             return None, FileResult(str(f), "failed", output=str(dst), reason=why)
         claimed[key] = f
-        if not overwrite and dst.is_file() and dst.stat().st_size > 0:
+        if not overwrite and os.path.lexists(dst):
             return None, FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)")
         if failed_before and (reason := failed_before(f)):
             return None, FileResult(str(f), "failed", reason=f"{FAILED_BEFORE}: {reason} (--retry-failed to try again)")
@@ -423,6 +423,15 @@ def _culled(sources: list[tuple[Path, Path, Path]], rules: Callable[[str], Rule]
     return kept
 
 
+def _output_like(dst: Path, overwrite: bool) -> bool:
+    """Whether what is at ``dst`` may stand as this photo's output: a file with something in
+    it (resumed: skipped), and with ``overwrite`` one srpie wrote (replaced). An empty file, a
+    link, a folder or a FIFO was never written by srpie (its outputs appear whole, by rename)."""
+    if dst.is_symlink() or not dst.is_file() or dst.stat().st_size == 0:
+        return False
+    return not overwrite or images.made_by_srpie(dst)
+
+
 def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult],
              select: Selection = Selection()) -> list[tuple[Path, Path, Path]]:
     """(photo file, its output folder, its output root) for every input; what cannot be a
@@ -445,7 +454,22 @@ def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult],
             results.append(FileResult(str(p), "failed", reason=why))
         else:
             sources.append((p, r, r))
-    return sources
+    return _once(sources, results)
+
+
+def _once(sources: list[tuple[Path, Path, Path]], results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
+    """Each photo file once: one reached again (a folder given twice, a file and its
+    folder, a link to it) is named as skipped, never done twice or failed against itself."""
+    first: dict[Path, Path] = {}
+    kept = []
+    for src in sources:
+        f = src[0]
+        seen = first.setdefault(_resolved(f), f)
+        if seen is f:
+            kept.append(src)
+        else:
+            results.append(FileResult(str(f), "skipped", reason=f"the same file as {seen}, given twice"))
+    return kept
 
 
 def prepare_outputs(roots: Sequence[Path]) -> None:
@@ -479,6 +503,14 @@ class OutputLock:
         try:
             for r in self.roots:
                 self.held.append(_lock_folder(r))
+            # a shared lock on every folder above: a run into a folder inside another run's
+            # (-o out/shoot/day1 while one works on out/shoot) is busy too, either way round;
+            # runs into sibling folders share their parents
+            own = set(self.roots)
+            for a in dict.fromkeys(a for r in self.roots for a in r.parents if a not in own):
+                fd = _share_folder(a)
+                if fd is not None:
+                    self.held.append((fd, None))
         except BaseException:
             self.__exit__()
             raise
@@ -527,6 +559,29 @@ def _lock_folder(r: Path) -> tuple[int, Path | None]:
     raise _busy(r)
 
 
+def _share_folder(a: Path) -> int | None:
+    """A shared ``flock`` on folder ``a`` (a UsageError while a run works on it), or None
+    where it cannot be taken (no ``flock``, a folder that cannot be opened or locked)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: each output folder's own lock file only
+        return None
+    try:
+        fd = os.open(a, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"{a}: another srpie run is working on this folder, which holds the output "
+                         "folder; try again when it has finished") from None
+    except OSError:
+        os.close(fd)
+        return None
+
+
 def _try_lock(fd: int) -> bool:
     try:
         import fcntl
@@ -568,11 +623,8 @@ class Failures:
 
     @staticmethod
     def _key(f: Path) -> tuple[str, list[int]] | None:
-        try:
-            st = os.stat(f)
-        except OSError:
-            return None
-        return str(_resolved(f)), [st.st_size, st.st_mtime_ns]
+        st = file_state(f)
+        return None if st is None else (str(_resolved(f)), st)
 
     def reason(self, f: Path) -> str | None:
         """Why ``f`` failed before, if it is unchanged since."""
@@ -582,14 +634,16 @@ class Failures:
             return None
         return str(entry.get("reason") or "unknown reason")
 
-    def update(self, results: Sequence[FileResult], failed_decoding: set[str]) -> None:
-        """Forget files that are done; remember the files whose own content failed them."""
+    def update(self, results: Sequence[FileResult], failed_decoding: dict[str, list[int] | None]) -> None:
+        """Forget files that are done; remember the files whose own content failed them, as
+        they were when read (``file_state``): a file still being copied then is tried again."""
         for r in results:
             k = self._key(Path(r.input))
             if k is None:
                 continue
             if r.input in failed_decoding:
-                self.files[k[0]] = {"stat": k[1], "reason": r.reason}
+                if failed_decoding[r.input] is not None:
+                    self.files[k[0]] = {"stat": failed_decoding[r.input], "reason": r.reason}
             elif r.status == "done":
                 self.files.pop(k[0], None)
         try:
@@ -648,6 +702,23 @@ def estimate_megapixels(jobs: Sequence[Job], enough: float = defaults.COMPILE_MI
 FILE_ERRORS = (SrpieError, OSError, ValueError, RuntimeError, MemoryError)
 
 
+def file_state(f: Path) -> list[int] | None:
+    """A file's size and modification time (None: it cannot be read): what ``Failures``
+    compares, taken before a photo is read."""
+    try:
+        st = os.stat(f)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def remembered(e: BaseException) -> bool:
+    """Whether a failure to read a photo is the file's own, remembered (``Failures``) so that
+    an unchanged file is not read again: not the disk or memory (OSError, MemoryError), not
+    a reader this machine lacks ("cannot read ("), not this run's settings (``Refused``)."""
+    return not isinstance(e, (OSError, MemoryError, Refused)) and "cannot read (" not in str(e)
+
+
 def _reason(e: BaseException, path: Path | None = None) -> str:
     """The reason alone: the report and the log name the file beside it."""
     if isinstance(e, SrpieError):
@@ -662,11 +733,12 @@ def _reason(e: BaseException, path: Path | None = None) -> str:
 
 
 def run(p: Plan, settings: Settings, listener: Listener | None = None,
-        results: list[FileResult] | None = None, failed_decoding: set[str] | None = None,
+        results: list[FileResult] | None = None, failed_decoding: dict[str, list[int] | None] | None = None,
         pool: Callable | None = None) -> list[FileResult]:
     """Enhance every job of the plan; returns one result per file (the plan's own first),
     appended to ``results`` as they come, so an interrupted run still knows what it did.
-    ``failed_decoding`` collects the inputs whose own content failed them (for ``Failures``)."""
+    ``failed_decoding`` collects the inputs whose own content failed them, with their
+    ``file_state`` when read (for ``Failures``)."""
     listener = listener or Listener()
     results = [] if results is None else results
     results.extend(p.results)
@@ -681,9 +753,9 @@ def run(p: Plan, settings: Settings, listener: Listener | None = None,
         from srpie_cli.pool import run as run_pool
 
         own = next(iter(groups), settings)  # a job file's settings, when one applies to every photo
-        run_pool(p.jobs, pool(own, mp), listener, results, failed_decoding if failed_decoding is not None else set())
+        run_pool(p.jobs, pool(own, mp), listener, results, failed_decoding if failed_decoding is not None else {})
         return results
-    failed_decoding = failed_decoding if failed_decoding is not None else set()
+    failed_decoding = failed_decoding if failed_decoding is not None else {}
     for n, (own, jobs) in enumerate(groups.items()):  # one model per distinct settings (a job file's folders)
         t = time.perf_counter()
         enhancer = load(own, listener.warn, mp)
@@ -747,7 +819,7 @@ class _Runner:
     them: the network is the one to wait. Whatever the threads, results are settled in the
     order of the jobs."""
 
-    def __init__(self, enhancer, listener: Listener, results: list[FileResult], failed_decoding: set[str],
+    def __init__(self, enhancer, listener: Listener, results: list[FileResult], failed_decoding: dict[str, list[int] | None],
                  record: dict | None = None):
         self.enhancer, self.settings, self.listener = enhancer, enhancer.settings, listener
         self.record = record  # the settings that differ from the run's, for the report
@@ -791,16 +863,20 @@ class _Runner:
         for j in (job, job.fallback):
             if j is None:
                 break
-            t = time.perf_counter()
+            t, state = time.perf_counter(), file_state(j.src)
             try:
                 photo = self.enhancer.decode(j.src)
                 if j.sidecar is not None:
                     sidecar.carry(photo, j.sidecar)
+            except FILE_ERRORS as e:
+                failures.append(FileResult(str(j.src), "failed", reason=_reason(e, j.src)))
+                if remembered(e):
+                    self.failed_decoding[str(j.src)] = state
+                continue
+            try:  # what the output cannot hold depends on the run's --format: not remembered
                 images.check_writable(j.dst, photo, j.fmt, self.settings.quality)
             except FILE_ERRORS as e:
                 failures.append(FileResult(str(j.src), "failed", reason=_reason(e, j.src)))
-                if not isinstance(e, (OSError, MemoryError)) and "cannot read (" not in str(e):
-                    self.failed_decoding.add(str(j.src))
                 continue
             if failures:
                 failures[0].reason += f"; {j.src.name}, the other file of its RAW+JPEG pair, is enhanced instead"
@@ -839,7 +915,7 @@ class _Runner:
                 for j in (job, job.fallback):
                     if j is not None:
                         # a decode that failed after the stop is not this file's failure to remember
-                        self.failed_decoding.discard(str(j.src))
+                        self.failed_decoding.pop(str(j.src), None)
                         self.settle(FileResult(str(j.src), "failed", reason=f"not started: the batch stopped ({self.stop})"))
 
     def enhance(self, job: Job, j: Job, photo: Photo | None, dt: float, failures: list[FileResult]) -> None:
@@ -945,7 +1021,7 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
             raise UsageError(f"{report}: its folder cannot be created ({e.strerror or e})") from None
     results: list[FileResult] = []
     interrupted: Interrupted | None = None
-    failed_decoding: set[str] = set()
+    failed_decoding: dict[str, list[int] | None] = {}
     memory = {r: Failures(r) for r in dict.fromkeys(roots)}
     with OutputLock(roots), _signals_raise():
         # planned under the lock: what a run that just finished wrote is skipped, not redone

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from enum import Enum
@@ -119,9 +120,15 @@ def _esc(text) -> str:
 
 
 def _shown(text) -> str:
-    """A file name as it can be printed: bytes that are not UTF-8 (held by Python as lone
-    surrogates) shown as escapes instead of failing the write to the terminal."""
-    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A file name as it can be printed on one line: bytes that are not UTF-8 (held by Python
+    as lone surrogates) shown as escapes instead of failing the write to the terminal, and
+    control characters (a newline, a terminal's escape) as their escapes, so a name cannot
+    start a log line of its own or drive the terminal."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class OutFormat(str, Enum):

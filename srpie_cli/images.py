@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, PngImagePlugin
 
-from srpie_cli import SrpieError, defaults, first_line, metadata
+from srpie_cli import Refused, SrpieError, defaults, first_line, metadata
 
 # Formats by file extension (lower case). RAW: everything LibRaw reads that cameras write.
 SUFFIXES: dict[str, str] = {
@@ -222,7 +222,7 @@ def _check_size(path: Path, w: int, h: int, max_megapixels: float) -> None:
         raise SrpieError(f"{path}: not a valid image (size {w}x{h})")
     mp = w * h / 1e6
     if mp > max_megapixels:
-        raise SrpieError(f"{path}: refused: {w}x{h} is {mp:.0f} MP, above the {max_megapixels:g} MP "
+        raise Refused(f"{path}: refused: {w}x{h} is {mp:.0f} MP, above the {max_megapixels:g} MP "
                          "limit (a decompression bomb, or raise --max-megapixels)")
 
 
@@ -285,7 +285,7 @@ def _read_pillow(path: Path, max_megapixels: float) -> Photo:
                     o = im.getexif().get(metadata.ORIENTATION_TAG, 1)
                 rgb, alpha, icc = _to_rgb(im, icc, notes)
     except Image.DecompressionBombError:
-        raise SrpieError(f"{path}: refused: too many pixels (a decompression bomb)") from None
+        raise Refused(f"{path}: refused: too many pixels (a decompression bomb)") from None
     except SrpieError:
         raise
     except Image.UnidentifiedImageError:

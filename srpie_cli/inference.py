@@ -125,6 +125,10 @@ class Enhancer:
     def decode(self, src: Path) -> Photo:
         return images.read_photo(src, self.settings.max_megapixels)
 
+    def check(self, dst: Path, photo: Photo, fmt: str) -> None:
+        """Whether the output can be written (``images.check_writable``), before the network."""
+        images.check_writable(dst, photo, fmt, self.settings.quality)
+
     def process(self, src: Path, dst: Path, fmt: str, side: Path | None = None) -> Done:
         """Decode ``src`` (with its XMP sidecar ``side`` carried into its XMP), check that its
         output can be written, enhance it and write ``dst`` atomically. Raises SrpieError (or
@@ -139,7 +143,7 @@ class Enhancer:
             sidecar.carry(photo, side)
         done.megapixels, done.timings["decode"] = round(photo.megapixels, 3), round(time.perf_counter() - t, 3)
         done.notes += photo.notes
-        images.check_writable(dst, photo, fmt, self.settings.quality)
+        self.check(dst, photo, fmt)
         t = time.perf_counter()
         out = self.enhance(photo, on_retry=done.notes.append)
         done.timings["enhance"] = round(time.perf_counter() - t, 3)

@@ -51,10 +51,15 @@ class Staged(Enhancer):
     report of a photo that fails after its decode, as a local run reports it."""
 
     stage = DECODE
+    read = False  # the photo was read: a failure before the network is the output check's
 
     def process(self, src: Path, dst: Path, fmt: str, side: Path | None = None):
-        self.stage, self.seen = DECODE, {"megapixels": 0.0, "timings": {}, "notes": []}
+        self.stage, self.seen, self.read = DECODE, {"megapixels": 0.0, "timings": {}, "notes": []}, False
         return super().process(src, dst, fmt, side)
+
+    def check(self, dst: Path, photo, fmt: str) -> None:
+        self.read = True
+        super().check(dst, photo, fmt)
 
     def decode(self, src: Path):
         t = time.perf_counter()
@@ -91,7 +96,7 @@ def work(enhancer: Staged, task: Task) -> Result:
     (the file's own content failed it: remembered, not tried again while unchanged); always
     ``megapixels``, ``timings`` and ``notes`` (what is known of them) and ``worker``.
     Never raises for a photo: one bad photo fails that photo, never the pool."""
-    from srpie_cli.batch import FILE_ERRORS, _reason
+    from srpie_cli.batch import FILE_ERRORS, _reason, remembered
 
     src, dst, fmt = Path(task[0]), Path(task[1]), task[2]
     side = Path(task[3]) if len(task) > 3 and task[3] is not None else None
@@ -103,8 +108,7 @@ def work(enhancer: Staged, task: Task) -> Result:
         stage = enhancer.stage
         res.update(stage=stage, errno=getattr(e, "errno", None))
         res["reason"] = f"cannot write {dst}: {_reason(e, dst)}" if stage == ENCODE else _reason(e, src)
-        res["content"] = (stage == DECODE and isinstance(e, FILE_ERRORS) and not isinstance(e, (OSError, MemoryError))
-                          and "cannot read (" not in str(e))
+        res["content"] = stage == DECODE and not enhancer.read and isinstance(e, FILE_ERRORS) and remembered(e)
         if stage != DECODE:
             res.update(enhancer.seen)
         return res
@@ -268,7 +272,7 @@ def lost(reason: str) -> Result:
 
 # ----------------------------------------------------------------------------- the driver
 
-def run(jobs: Sequence, pool: Pool, listener, results: list, failed_decoding: set[str]) -> None:
+def run(jobs: Sequence, pool: Pool, listener, results: list, failed_decoding: dict) -> None:
     """``batch.run`` with a pool: its warnings and progress line, then ``drive``."""
     try:
         for w in pool.hello["warnings"]:
@@ -289,9 +293,10 @@ class _Entry:
     file: Any  # job itself or job.fallback
     tries: int = 0
     held: Any = None  # the chosen file's failure, waiting for its stand-in's outcome
+    state: Any = None  # the file's size and time when handed out (batch.file_state)
 
 
-def drive(jobs: Sequence, pool: Pool, listener, results: list, failed_decoding: set[str]) -> None:
+def drive(jobs: Sequence, pool: Pool, listener, results: list, failed_decoding: dict) -> None:
     """Every job through ``pool``, each file's ``FileResult`` to ``listener`` and ``results``
     as a local run (``batch._Runner``) would make it; the results appended here end in plan
     order. The pool is closed at the end (killed on an interrupt)."""
@@ -321,7 +326,7 @@ def drive(jobs: Sequence, pool: Pool, listener, results: list, failed_decoding: 
 
 
 class _Driver:
-    def __init__(self, pool: Pool, listener, results: list, failed_decoding: set[str], file_result: Callable):
+    def __init__(self, pool: Pool, listener, results: list, failed_decoding: dict, file_result: Callable):
         self.pool, self.listener, self.results, self.failed_decoding = pool, listener, results, failed_decoding
         self.FileResult = file_result
         self.stop: str | None = None
@@ -336,11 +341,14 @@ class _Driver:
         self.listener.file_done(res)
 
     def go(self, todo: deque) -> None:
+        from srpie_cli.batch import file_state
+
         while todo or self.inflight:
             while todo and self.stop is None and self.pool.free():
                 e = todo.popleft()
                 self.prepare(e.file.dst.parent)
                 e.tries += 1
+                e.state = file_state(e.file.src)
                 self.inflight[self.pool.submit((e.file.src, e.file.dst, e.file.fmt, getattr(e.file, "sidecar", None)))] = e
             if not self.inflight:
                 break
@@ -388,7 +396,7 @@ class _Driver:
         elif r["stage"] == ENCODE and r["errno"] in (errno.ENOSPC, errno.EDQUOT):
             self.stop = "disk full"
         if r["content"]:
-            self.failed_decoding.add(str(j.src))
+            self.failed_decoding[str(j.src)] = e.state
         if j is e.job and j.fallback is not None:
             if not r["ok"] and r["stage"] == DECODE:  # the other file of the pair stands in
                 res.timings, res.megapixels = {}, 0.0

@@ -418,3 +418,91 @@ def test_a_photo_not_started_when_the_disk_filled_is_tried_again_next_run(tmp_pa
     assert by["1.jpg"].status == "failed" and by["1.jpg"].reason.startswith("not started")
     again = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
     assert {Path(r.input).name: r.status for r in again.results} == {"0.jpg": "done", "1.jpg": "done", "2.jpg": "done"}
+
+
+def test_a_run_into_a_folder_inside_another_runs_output_is_busy_either_way(tmp_path):
+    """-o out/shoot/day1 while a run works on out/shoot (or the other way round) would clean
+    away each other's temporary files; runs into sibling folders do not touch each other."""
+    for d in ("out/shoot/day1", "out/shoot/day2"):
+        (tmp_path / d).mkdir(parents=True)
+    with batch.OutputLock([tmp_path / "out/shoot"]):
+        with pytest.raises(UsageError, match="another srpie run"):
+            batch.OutputLock([tmp_path / "out/shoot/day1"]).__enter__()
+    with batch.OutputLock([tmp_path / "out/shoot/day1"]):
+        with pytest.raises(UsageError, match="another srpie run"):
+            batch.OutputLock([tmp_path / "out/shoot"]).__enter__()
+        with batch.OutputLock([tmp_path / "out/shoot/day2"]):  # a sibling
+            pass
+    with batch.OutputLock([tmp_path / "out/shoot"]):  # every lock was released
+        pass
+
+
+def test_whatever_is_in_the_way_and_not_an_output_is_never_replaced(tmp_path):
+    """An empty file, a dangling link or a folder where an output would go was not written
+    by srpie (its outputs appear whole): refused, with or without --overwrite, and left."""
+    for name in ("a", "b", "c"):
+        write_jpeg(tmp_path / f"s/{name}.jpg")
+    (tmp_path / "o/c.jpg").mkdir(parents=True)
+    (tmp_path / "o/a.jpg").write_bytes(b"")
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "o/b.jpg")
+    for overwrite in (False, True):
+        p = batch.plan([tmp_path / "s"], output=tmp_path / "o", overwrite=overwrite)
+        assert p.jobs == []
+        assert {Path(r.input).name: r.status for r in p.results} == {"a.jpg": "failed", "b.jpg": "failed", "c.jpg": "failed"}
+        assert all("not written by srpie" in r.reason for r in p.results)
+    assert (tmp_path / "o/a.jpg").read_bytes() == b"" and os.readlink(tmp_path / "o/b.jpg") == str(tmp_path / "nowhere.jpg")
+
+
+def test_a_photo_given_twice_is_done_once_and_named(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg")
+    write_jpeg(tmp_path / "s/sub/b.jpg", seed=1)
+    out = batch.enhance(inputs=[tmp_path / "s", tmp_path / "s/sub/b.jpg", tmp_path / "s"], output=tmp_path / "o",
+                        settings=Settings(model=str(tiny_model)))
+    assert out.exit_code == 0 and out.count("done") == 2 and out.count("skipped") == 3
+    assert all("given twice" in r.reason for r in out.results if r.status == "skipped")
+
+
+def test_a_failure_of_this_runs_settings_is_not_remembered(tmp_path, tiny_model):
+    """A PNG with alpha refused as JPEG, or a photo above --max-megapixels, is done by the
+    next run with the settings its message asks for, without --retry-failed."""
+    Image.new("RGBA", (16, 16), (200, 30, 30, 128)).save(tmp_path / "s.png")
+    write_jpeg(tmp_path / "big.jpg", 16, 16)
+    model = str(tiny_model)
+    first = batch.enhance(inputs=[tmp_path / "s.png"], output=tmp_path / "o", fmt="jpeg", settings=Settings(model=model))
+    assert first.results[0].status == "failed" and "alpha" in first.results[0].reason
+    assert batch.enhance(inputs=[tmp_path / "s.png"], output=tmp_path / "o", fmt="png",
+                         settings=Settings(model=model)).results[0].status == "done"
+    first = batch.enhance(inputs=[tmp_path / "big.jpg"], output=tmp_path / "o",
+                          settings=Settings(model=model, max_megapixels=0.0001))
+    assert first.results[0].status == "failed" and "max-megapixels" in first.results[0].reason
+    assert batch.enhance(inputs=[tmp_path / "big.jpg"], output=tmp_path / "o",
+                         settings=Settings(model=model)).results[0].status == "done"
+
+
+def test_a_file_still_being_copied_when_it_failed_is_tried_again_once_whole(tmp_path, tiny_model, monkeypatch):
+    """The failure is remembered with the file as it was read: a copy that finished during
+    the run is a changed file, done by the next run."""
+    write_jpeg(tmp_path / "whole.jpg", 16, 16)
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s/a.jpg").write_bytes(whole[: len(whole) // 3])
+    real = images.read_photo
+
+    def read_then_copy_ends(path, *a):
+        try:
+            return real(path, *a)
+        finally:
+            path.write_bytes(whole)
+
+    with monkeypatch.context() as m:
+        m.setattr(images, "read_photo", read_then_copy_ends)
+        first = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert first.results[0].status == "failed"
+    again = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert again.results[0].status == "done"
+    # a file that stays as it was is remembered, as before
+    (tmp_path / "s2").mkdir()
+    (tmp_path / "s2/b.jpg").write_bytes(whole[: len(whole) // 3])
+    for _ in range(2):
+        last = batch.enhance(inputs=[tmp_path / "s2"], output=tmp_path / "o2", settings=Settings(model=str(tiny_model)))
+    assert last.results[0].reason.startswith(batch.FAILED_BEFORE)

@@ -260,3 +260,16 @@ def test_strength_scales_the_models_look(tmp_path):
     assert means["0.5"] == pytest.approx(120 * 1.15, abs=2)
     assert means["1"] == pytest.approx(120 * 1.3, abs=2)
     assert enhance(src, "-o", tmp_path / "bad", "--model", model, "--strength", "3").exit_code == 2
+
+
+def test_a_name_with_a_newline_or_an_escape_stays_on_its_own_log_line(tmp_path, tiny_model):
+    """A file named "bad.jpg<newline>done good.jpg" cannot print a log line that says a
+    photo was done, nor a terminal escape reach the terminal."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "bad.jpg\ndone good.jpg").write_bytes(b"not a photo")
+    (tmp_path / "s" / "x\x1b[2Jy.jpg").write_bytes(b"not a photo")
+    r = enhance(tmp_path / "s", "-o", tmp_path / "o", "--model", tiny_model)
+    assert r.exit_code == 1
+    lines = r.output.splitlines()
+    assert not [line for line in lines if line.startswith("done")] and "\x1b[2J" not in r.output
+    assert any("bad.jpg\\ndone good.jpg" in line and "failed" in line for line in lines)
