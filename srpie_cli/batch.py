@@ -294,12 +294,12 @@ class Rule:
 
 def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = None,
          raw_jpeg: str = "raw", overwrite: bool = False,
-         failed_before: Callable[[Path], str | None] | None = None,
+         failed_before: Callable[[Path, Path], str | None] | None = None,
          select: Selection = Selection(), rule_for: Callable[[str], Rule] | None = None) -> Plan:
     """Decide every output path, which files to skip and why. Raises UsageError for bad
     paths; the output folders are not created here (see ``prepare_outputs``).
-    ``failed_before(file)``: the reason a file failed in an earlier run if it is unchanged
-    since, else None; such a file is listed as failed without being decoded again.
+    ``failed_before(file, output root)``: the reason a file failed in an earlier run into that
+    root if it is unchanged since, else None; such a file is listed as failed without being decoded again.
     ``select``: which files and how outputs are named; ``rule_for(folder)``: a folder's own
     (posix, relative to the output root; "" for the top)."""
     inputs = [Path(p) for p in inputs]
@@ -339,7 +339,7 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
         claimed[key] = f
         if not overwrite and os.path.lexists(dst):
             return None, FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)")
-        if failed_before and (reason := failed_before(f)):
+        if failed_before and (reason := failed_before(f, root)):
             return None, FileResult(str(f), "failed", reason=f"{FAILED_BEFORE}: {reason} (--retry-failed to try again)")
         return Job(f, dst, ofmt, sidecar=side_of(f), settings=rule.settings), None
 
@@ -1026,7 +1026,7 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     with OutputLock(roots), _signals_raise():
         # planned under the lock: what a run that just finished wrote is skipped, not redone
         p = plan(inputs, output, fmt, raw_jpeg, overwrite,
-                 failed_before=None if retry_failed else _recall(memory, inputs, roots), select=select,
+                 failed_before=None if retry_failed else _recall(memory), select=select,
                  rule_for=rule_for)
         try:
             run(p, settings, listener, results, failed_decoding, pool=pool)
@@ -1076,7 +1076,7 @@ def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     check_settings(settings)
     memory = {r: Failures(r) for r in dict.fromkeys(roots)}  # read only
     p = plan(inputs, output, fmt, raw_jpeg, overwrite,
-             failed_before=None if retry_failed else _recall(memory, inputs, roots), select=select, rule_for=rule_for)
+             failed_before=None if retry_failed else _recall(memory), select=select, rule_for=rule_for)
     jobs, results = [], list(p.results)
     for job in p.jobs:
         size = header_sizes([job])[job.src]
@@ -1100,16 +1100,13 @@ def dry_run(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
     return DryRun(jobs, results, mp, secs, how, str(pick_device(settings.device)), tile, settings)
 
 
-def _recall(memory: dict[Path, Failures], inputs: Sequence[Path], roots: Sequence[Path]) -> Callable[[Path], str | None]:
-    """``plan``'s ``failed_before``: the memory of the output root the file goes to."""
-    by_input = [(_resolved(i), memory[r]) for i, r in zip(inputs, roots)]
+def _recall(memory: dict[Path, Failures]) -> Callable[[Path, Path], str | None]:
+    """``plan``'s ``failed_before``: the memory of the output root the file goes to (whatever
+    the file resolves to: a folder reached through a link is remembered as any other)."""
 
-    def failed_before(f: Path) -> str | None:
-        rf = _resolved(f)
-        for i, m in by_input:
-            if rf == i or i in rf.parents:
-                return m.reason(f)
-        return None
+    def failed_before(f: Path, root: Path) -> str | None:
+        m = memory.get(root)
+        return None if m is None else m.reason(f)
 
     return failed_before
 

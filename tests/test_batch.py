@@ -506,3 +506,19 @@ def test_a_file_still_being_copied_when_it_failed_is_tried_again_once_whole(tmp_
     for _ in range(2):
         last = batch.enhance(inputs=[tmp_path / "s2"], output=tmp_path / "o2", settings=Settings(model=str(tiny_model)))
     assert last.results[0].reason.startswith(batch.FAILED_BEFORE)
+
+
+def test_a_failure_is_remembered_through_a_linked_folder_and_nested_inputs(tmp_path, tiny_model):
+    """A bad file in a folder the shoot links to, or in a folder given beside its parent,
+    is listed as failed before on the next run, not read again every run."""
+    (tmp_path / "card").mkdir()
+    (tmp_path / "card/bad.jpg").write_bytes(b"not a photo")
+    (tmp_path / "s/day1").mkdir(parents=True)
+    (tmp_path / "s/day1/bad1.jpg").write_bytes(b"not a photo either")
+    os.symlink(tmp_path / "card", tmp_path / "s/day2")
+    for _ in range(2):
+        out = batch.enhance(inputs=[tmp_path / "s", tmp_path / "s/day1"], output=tmp_path / "o",
+                            settings=Settings(model=str(tiny_model)))
+    failed = {Path(r.input).name: r.reason for r in out.results if r.status == "failed"}
+    assert set(failed) == {"bad.jpg", "bad1.jpg"}
+    assert all(reason.startswith(batch.FAILED_BEFORE) for reason in failed.values())
