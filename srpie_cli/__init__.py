@@ -11,8 +11,9 @@ class SrpieError(Exception):
 
 
 class Refused(SrpieError):
-    """A photo this run's settings refuse (more pixels than ``--max-megapixels``): named as
-    any failure, but not remembered as the file's own, since other settings may take it."""
+    """A photo this run cannot take (more pixels than ``--max-megapixels``, not enough memory
+    now): named as any failure, but not remembered as the file's own, since another run, with
+    other settings or more memory free, may take it."""
 
 
 def first_line(e: BaseException) -> str:

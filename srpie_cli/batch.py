@@ -92,7 +92,7 @@ class Plan:
     jobs: list[Job]
     results: list[FileResult]  # decided without work: skipped and failed entries
     out_roots: list[Path]
-    root_of: dict[Path, Path] = field(default_factory=dict)  # each job's input -> its output root
+    root_of: dict[Path, set[Path]] = field(default_factory=dict)  # each job's input -> its output roots
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,8 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
         dst = out_dir / (f.stem + rule.select.suffix + _out_suffix(f, kind, ofmt))
         key = str(dst).lower()
         why = None
+        if key in claimed and _resolved(claimed[key]) == _resolved(f):  # a folder given twice, a file and its folder
+            return None, FileResult(str(f), "skipped", reason=f"the same photo as {claimed[key]}, given twice")
         if key in claimed:
             why = f"output name collides with the output of {claimed[key]}"
         elif _resolved(dst) in input_set:
@@ -347,7 +349,7 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
         if job is None:
             results.append(res)
         else:
-            p.root_of[job.src] = root
+            p.root_of.setdefault(job.src, set()).add(root)
             p.jobs.append(job)
 
     keep = "RAW" if raw_jpeg == "raw" else "JPEG"
@@ -373,7 +375,7 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
         if fallback is None:
             results.append(skip_other)  # its output exists, or it failed before: no stand-in
         else:
-            p.root_of[fallback.src] = other_root
+            p.root_of.setdefault(fallback.src, set()).add(other_root)
         add(replace(job, fallback=fallback), None, root)
     return p
 
@@ -427,7 +429,11 @@ def _output_like(dst: Path, overwrite: bool) -> bool:
     """Whether what is at ``dst`` may stand as this photo's output: a file with something in
     it (resumed: skipped), and with ``overwrite`` one srpie wrote (replaced). An empty file, a
     link, a folder or a FIFO was never written by srpie (its outputs appear whole, by rename)."""
-    if dst.is_symlink() or not dst.is_file() or dst.stat().st_size == 0:
+    try:
+        st = os.lstat(dst)
+    except OSError:  # gone since: nothing in the way
+        return True
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
         return False
     return not overwrite or images.made_by_srpie(dst)
 
@@ -454,22 +460,7 @@ def _sources(inputs: list[Path], roots: list[Path], results: list[FileResult],
             results.append(FileResult(str(p), "failed", reason=why))
         else:
             sources.append((p, r, r))
-    return _once(sources, results)
-
-
-def _once(sources: list[tuple[Path, Path, Path]], results: list[FileResult]) -> list[tuple[Path, Path, Path]]:
-    """Each photo file once: one reached again (a folder given twice, a file and its
-    folder, a link to it) is named as skipped, never done twice or failed against itself."""
-    first: dict[Path, Path] = {}
-    kept = []
-    for src in sources:
-        f = src[0]
-        seen = first.setdefault(_resolved(f), f)
-        if seen is f:
-            kept.append(src)
-        else:
-            results.append(FileResult(str(f), "skipped", reason=f"the same file as {seen}, given twice"))
-    return kept
+    return sources
 
 
 def prepare_outputs(roots: Sequence[Path]) -> None:
@@ -1035,7 +1026,7 @@ def enhance(*, inputs: Sequence[Path], output: Path | None = None, settings: Set
         except KeyboardInterrupt:
             interrupted = Interrupted(signal.SIGINT)
         for root, m in memory.items():
-            m.update([r for r in results if p.root_of.get(Path(r.input), root) == root], failed_decoding)
+            m.update([r for r in results if root in p.root_of.get(Path(r.input), {root})], failed_decoding)
     if interrupted:
         known = {r.input for r in results}
         results += [FileResult(str(j.src), "interrupted", reason="not done: the run was interrupted")

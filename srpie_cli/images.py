@@ -251,7 +251,7 @@ def read_photo(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     except SrpieError:
         raise
     except MemoryError:
-        raise SrpieError(f"{path}: not enough memory to decode it") from None
+        raise Refused(f"{path}: not enough memory to decode it") from None
     except OSError as e:  # unreadable, vanished, a folder named .jpg, an I/O error
         raise SrpieError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
     except Exception as e:
@@ -441,6 +441,8 @@ def _read_tiff(path: Path, max_megapixels: float) -> Photo:
         # compressions tifffile cannot decode without imagecodecs (LZW, JPEG...): Pillow reads 8-bit ones
         try:
             photo = _read_pillow(path, max_megapixels)
+        except Refused:
+            raise
         except SrpieError:
             raise SrpieError(f"{path}: corrupt or unsupported TIFF ({first_line(e)})") from None
         if bits > photo.bits:  # Pillow holds no RGB deeper than 8 bits: say so, never silently

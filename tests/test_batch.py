@@ -454,12 +454,24 @@ def test_whatever_is_in_the_way_and_not_an_output_is_never_replaced(tmp_path):
 
 
 def test_a_photo_given_twice_is_done_once_and_named(tmp_path, tiny_model):
+    """A folder given twice, or a photo and its folder, whose outputs are the same file: done
+    once, the repeat named as skipped, never failed against itself."""
     write_jpeg(tmp_path / "s/a.jpg")
     write_jpeg(tmp_path / "s/sub/b.jpg", seed=1)
-    out = batch.enhance(inputs=[tmp_path / "s", tmp_path / "s/sub/b.jpg", tmp_path / "s"], output=tmp_path / "o",
+    out = batch.enhance(inputs=[tmp_path / "s", tmp_path / "s"], output=tmp_path / "o",
                         settings=Settings(model=str(tiny_model)))
-    assert out.exit_code == 0 and out.count("done") == 2 and out.count("skipped") == 3
+    assert out.exit_code == 0 and out.count("done") == 2 and out.count("skipped") == 2
     assert all("given twice" in r.reason for r in out.results if r.status == "skipped")
+    out = batch.enhance(inputs=[tmp_path / "s/a.jpg", tmp_path / "s"], settings=Settings(model=str(tiny_model)))
+    assert out.exit_code == 0 and out.count("done") == 2 and out.count("skipped") == 1
+
+
+def test_a_linked_photo_with_an_output_of_its_own_is_still_delivered(tmp_path, tiny_model):
+    write_jpeg(tmp_path / "s/a.jpg")
+    os.symlink("../a.jpg", tmp_path / "s/picks/a.jpg") if (tmp_path / "s/picks").mkdir() is None else None
+    out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
+    assert sorted(str(Path(r.output).relative_to(tmp_path / "o")) for r in out.results if r.status == "done") == \
+        ["a.jpg", "picks/a.jpg"]
 
 
 def test_a_failure_of_this_runs_settings_is_not_remembered(tmp_path, tiny_model):
@@ -517,8 +529,37 @@ def test_a_failure_is_remembered_through_a_linked_folder_and_nested_inputs(tmp_p
     (tmp_path / "s/day1/bad1.jpg").write_bytes(b"not a photo either")
     os.symlink(tmp_path / "card", tmp_path / "s/day2")
     for _ in range(2):
-        out = batch.enhance(inputs=[tmp_path / "s", tmp_path / "s/day1"], output=tmp_path / "o",
+        out = batch.enhance(inputs=[tmp_path / "s", tmp_path / "s/day1", tmp_path / "s"], output=tmp_path / "o",
                             settings=Settings(model=str(tiny_model)))
     failed = {Path(r.input).name: r.reason for r in out.results if r.status == "failed"}
     assert set(failed) == {"bad.jpg", "bad1.jpg"}
     assert all(reason.startswith(batch.FAILED_BEFORE) for reason in failed.values())
+
+
+def test_a_photo_refused_for_its_size_or_for_memory_is_never_remembered(tmp_path, monkeypatch):
+    """Whatever reader refuses it (tifffile failing over to Pillow too), a photo above
+    --max-megapixels, or one the machine had no memory for, is a Refused, not the file's own."""
+    import tifffile
+
+    from srpie_cli import Refused
+
+    Image.new("RGB", (200, 100)).save(tmp_path / "a.tif", compression="tiff_lzw")
+    with pytest.raises(Refused) as e:
+        images.read_photo(tmp_path / "a.tif", 0.01)
+    assert not batch.remembered(e.value)
+
+    def odd(*a, **kw):
+        raise ValueError("odd header")
+
+    monkeypatch.setattr(tifffile, "TiffFile", odd)  # the Pillow fallback
+    with pytest.raises(Refused):
+        images.read_photo(tmp_path / "a.tif", 0.01)
+
+    def no_memory(path, *a):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "_read_pillow", no_memory)
+    write_jpeg(tmp_path / "b.jpg")
+    with pytest.raises(Refused, match="not enough memory") as e:
+        images.read_photo(tmp_path / "b.jpg")
+    assert not batch.remembered(e.value)
