@@ -319,27 +319,28 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
     claimed: dict[str, Path] = {}
     p = Plan([], results, roots)
 
-    def job_for(f: Path, out_dir: Path, root: Path) -> tuple[Job | None, FileResult | None]:
-        """The job of ``f``, or the result that settles it now (skipped or failed)."""
+    def job_for(f: Path, out_dir: Path, root: Path, partner: Path | None = None) -> tuple[Job | None, FileResult | None]:
+        """The job of ``f``, or the result that settles it now (skipped or failed). ``partner``:
+        the file of its RAW+JPEG pair it stands in for, whose output it may share (one writes)."""
         kind = images.format_of(f)
         rule = rules(out_dir.relative_to(root).as_posix() if out_dir != root else "")
         ofmt = images.output_format(kind, rule.fmt)
         dst = out_dir / (f.stem + rule.select.suffix + _out_suffix(f, kind, ofmt))
-        key = str(dst).lower()
+        key, there = str(dst).lower(), os.path.lexists(dst)
         why = None
         if key in claimed and _resolved(claimed[key]) == _resolved(f):  # a folder given twice, a file and its folder
             return None, FileResult(str(f), "skipped", reason=f"the same photo as {claimed[key]}, given twice")
-        if key in claimed:
+        if key in claimed and claimed[key] is not partner:
             why = f"output name collides with the output of {claimed[key]}"
         elif _resolved(dst) in input_set:
             why = "output would overwrite an input photo"
-        elif os.path.lexists(dst) and not _output_like(dst, overwrite):
+        elif there and not _output_like(dst, overwrite):
             why = (f"{dst} is in the way and was not written by srpie: refused to replace it "
                    "(move it, or give another -o)")
         if why:
             return None, FileResult(str(f), "failed", output=str(dst), reason=why)
         claimed[key] = f
-        if not overwrite and os.path.lexists(dst):
+        if not overwrite and there:
             return None, FileResult(str(f), "skipped", output=str(dst), reason="output exists (--overwrite to redo)")
         if failed_before and (reason := failed_before(f, root)):
             return None, FileResult(str(f), "failed", reason=f"{FAILED_BEFORE}: {reason} (--retry-failed to try again)")
@@ -367,7 +368,7 @@ def plan(inputs: Sequence[Path], output: Path | None = None, fmt: str | None = N
         if job is None and not res.reason.startswith(FAILED_BEFORE):
             results += [res, skip_other]  # done before, or refused: the other file is not needed
             continue
-        fallback, other_res = job_for(other, other_dir, other_root)
+        fallback, other_res = job_for(other, other_dir, other_root, partner=f)
         if job is None:  # the chosen file is known bad: the other file is the job now
             results.append(res)
             add(fallback, other_res, other_root)
@@ -499,7 +500,7 @@ class OutputLock:
             # runs into sibling folders share their parents
             own = set(self.roots)
             for a in dict.fromkeys(a for r in self.roots for a in r.parents if a not in own):
-                fd = _share_folder(a)
+                fd = _flock_folder(a, shared=True)
                 if fd is not None:
                     self.held.append((fd, None))
         except BaseException:
@@ -520,20 +521,10 @@ def _busy(r: Path) -> UsageError:
 
 
 def _lock_folder(r: Path) -> tuple[int, Path | None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        fcntl = None
-    if fcntl is not None:
-        fd = os.open(r, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd, None
-        except BlockingIOError:
-            os.close(fd)
-            raise _busy(r) from None
-        except OSError:  # this file system cannot lock a folder: a lock file instead
-            os.close(fd)
+    fd = _flock_folder(r, shared=False)
+    if fd is not None:
+        return fd, None
+    # no flock, or this file system cannot lock a folder: a lock file instead
     path = r / LOCK_NAME
     for _ in range(10):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -550,24 +541,27 @@ def _lock_folder(r: Path) -> tuple[int, Path | None]:
     raise _busy(r)
 
 
-def _share_folder(a: Path) -> int | None:
-    """A shared ``flock`` on folder ``a`` (a UsageError while a run works on it), or None
-    where it cannot be taken (no ``flock``, a folder that cannot be opened or locked)."""
+def _flock_folder(r: Path, shared: bool) -> int | None:
+    """An ``flock`` on folder ``r`` itself, exclusive or ``shared``: its descriptor, None
+    where there is no ``flock`` (Windows) or the folder cannot be opened or locked, and a
+    UsageError while another run holds a lock that excludes it."""
     try:
         import fcntl
-    except ImportError:  # Windows: each output folder's own lock file only
+    except ImportError:
         return None
     try:
-        fd = os.open(a, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(r, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         return fd
     except BlockingIOError:
         os.close(fd)
-        raise UsageError(f"{a}: another srpie run is working on this folder, which holds the output "
-                         "folder; try again when it has finished") from None
+        if shared:
+            raise UsageError(f"{r}: another srpie run is working on this folder, which holds the output "
+                             "folder; try again when it has finished") from None
+        raise _busy(r) from None
     except OSError:
         os.close(fd)
         return None

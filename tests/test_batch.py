@@ -51,6 +51,19 @@ def test_raw_jpeg_pairs(tmp_path, choice, enhanced):
     assert fallback == {"raw": {"IMG_1.CR2": "IMG_1.JPG"}, "jpeg": {"IMG_1.JPG": "IMG_1.CR2"}, "both": {}}[choice]
 
 
+@pytest.mark.parametrize("fmt", [None, "jpeg", "png", "tiff", "webp"])
+def test_the_jpeg_of_a_pair_stands_in_whatever_the_output_format(tmp_path, fmt):
+    """With --format jpeg the RAW's output and its JPEG's have the same name: the JPEG is
+    still its stand-in (one of them writes it), not a collision that loses the frame."""
+    (tmp_path / "s").mkdir()
+    for name in ("IMG_1.CR2", "IMG_1.JPG"):
+        (tmp_path / "s" / name).write_bytes(b"x")
+    p = batch.plan([tmp_path / "s"], fmt=fmt)
+    (job,) = p.jobs
+    assert job.src.name == "IMG_1.CR2" and job.fallback is not None and job.fallback.src.name == "IMG_1.JPG"
+    assert not [r for r in p.results if r.status == "failed"]
+
+
 def test_output_folder_inside_the_input_is_not_walked(tmp_path):
     write_jpeg(tmp_path / "s/a.jpg")
     write_jpeg(tmp_path / "s/out/old.jpg")
@@ -468,7 +481,8 @@ def test_a_photo_given_twice_is_done_once_and_named(tmp_path, tiny_model):
 
 def test_a_linked_photo_with_an_output_of_its_own_is_still_delivered(tmp_path, tiny_model):
     write_jpeg(tmp_path / "s/a.jpg")
-    os.symlink("../a.jpg", tmp_path / "s/picks/a.jpg") if (tmp_path / "s/picks").mkdir() is None else None
+    (tmp_path / "s/picks").mkdir()
+    os.symlink("../a.jpg", tmp_path / "s/picks/a.jpg")
     out = batch.enhance(inputs=[tmp_path / "s"], output=tmp_path / "o", settings=Settings(model=str(tiny_model)))
     assert sorted(str(Path(r.output).relative_to(tmp_path / "o")) for r in out.results if r.status == "done") == \
         ["a.jpg", "picks/a.jpg"]
